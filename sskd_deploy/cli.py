@@ -1,0 +1,199 @@
+"""The ``sskd-deploy`` command line.
+
+Each command parses its options, loads a config where it has one, and calls one library
+function. Imports of numpy, torch and friends happen inside the commands so ``--help`` is
+instant. User errors (:class:`sskd_deploy.errors.SSKDError`) become one red line on stderr and
+exit code 2; nothing else is swallowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="sskd-deploy",
+    help="Semi-supervised distillation of foundation models into small instance-segmentation experts, "
+    "compiled and served.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate, inspect and validate datasets.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate and print configuration files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the embedded default).")
+]
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config value, e.g. data.synth.num_train=50.")
+]
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """``"192x256"`` (height x width) or ``"224"`` (square)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"expected HxW or N, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise typer.BadParameter(f"expected HxW with positive sides, got {text!r}")
+    return values[0], values[1]
+
+
+def _load_config(path: Optional[Path], overrides: Optional[list[str]]):
+    from sskd_deploy.config import apply_overrides, load_config
+
+    config = load_config(path)
+    return apply_overrides(config, list(overrides or []))
+
+
+@app.command()
+def run(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """The main job on a config (default: the embedded synthetic world): prepare and check the data,
+    draw overlays, and write a run manifest."""
+    from sskd_deploy.pipeline import run_pipeline
+
+    run_pipeline(_load_config(config, set_), console=_console())
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="YAML config to validate.")],
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing when the file is valid.")] = False,
+) -> None:
+    """Validate FILE (every problem reported at once) and print the resolved config."""
+    from sskd_deploy.config import config_hash, dump_config
+
+    cfg = _load_config(file, set_)
+    if not quiet:
+        console = _console()
+        console.print(f"[green]ok[/green] {file} (config hash {config_hash(cfg)[:12]})")
+        console.print(dump_config(cfg), markup=False, end="")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
+    num_train: Annotated[int, typer.Option(help="Train images (labeled + unlabeled).")] = 400,
+    num_val: Annotated[int, typer.Option(help="Labeled validation images.")] = 100,
+    labeled_fraction: Annotated[float, typer.Option(help="Fraction of train images that keep labels.")] = 0.1,
+    image_size: Annotated[str, typer.Option(help="Image size HxW, e.g. 192x256.")] = "192x256",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+) -> None:
+    """Generate the synthetic instance-segmentation world (the embedded default dataset)."""
+    from sskd_deploy.data.sources import synthesize
+
+    size = _parse_size(image_size)
+    synthesize(
+        out,
+        dict(seed=seed, num_train=num_train, num_val=num_val, labeled_fraction=labeled_fraction, image_size=size),
+        overwrite=force,
+        console=_console(),
+    )
+
+
+@data_app.command("show")
+def data_show(
+    path: Annotated[Path, typer.Argument(help="Dataset directory, COCO JSON, Cityscapes root or image folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
+    split: Annotated[Optional[str], typer.Option(help="Split to draw (default: the first labeled one).")] = None,
+    num: Annotated[int, typer.Option(help="Number of images to draw.")] = 8,
+    columns: Annotated[int, typer.Option(help="Images per row.")] = 4,
+    seed: Annotated[int, typer.Option(help="Which images: a seeded sample (-1: the first ones).")] = 0,
+) -> None:
+    """Draw mask overlays with class names for a few images of a dataset."""
+    from sskd_deploy.pipeline import show_dataset
+
+    written = show_dataset(path, out, split=split, num=num, columns=columns, seed=seed)
+    _console().print(f"wrote {written}")
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="Dataset directory, COCO JSON, Cityscapes root or image folder.")],
+) -> None:
+    """Validate a dataset and list every problem found (exit code 1 when there are any)."""
+    from sskd_deploy.data.check import check_dataset
+    from sskd_deploy.pipeline import print_check_report
+
+    report = check_dataset(path)
+    print_check_report(report, _console())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    pred: Annotated[Path, typer.Option("--pred", help="COCO results JSON (segmentation RLE, score).")],
+    gt: Annotated[Path, typer.Option("--gt", help="COCO instances JSON with the ground truth.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the metrics JSON.")] = None,
+) -> None:
+    """COCO mask AP, AP50, AP75, APs/m/l and per-class AP of PRED against GT."""
+    from sskd_deploy.evaluation import evaluate_coco, format_eval_table
+    from sskd_deploy.io import atomic_write_json
+
+    result = evaluate_coco(gt, pred)
+    _console().print(format_eval_table(result, title=f"mask AP of {pred.name}"))
+    target = out or pred.with_name(pred.stem + ".metrics.json")
+    atomic_write_json(target, result.to_dict(), indent=2)
+    _console().print(f"wrote {target}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version of sskd-deploy and its main dependencies."""
+    from sskd_deploy.provenance import library_versions
+
+    for name, ver in library_versions().items():
+        print(f"{name} {ver}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    from sskd_deploy.errors import SSKDError
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except SSKDError as err:
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(err))}", soft_wrap=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        _console(stderr=True).print("[yellow]interrupted[/yellow]")
+        return 130
+    except SystemExit as err:  # typer.Exit / click's own exits
+        return int(err.code or 0)
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        if isinstance(err, click.exceptions.Exit):
+            return err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            return 130
+        raise
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""COCO instance JSON: read it into a :class:`Dataset`, write a :class:`Dataset` back.
+
+Reading validates everything it trusts later: entry types, unique ids, references between
+annotations, images and categories, file names that stay inside the image root, and masks that
+fit the image. RLE counts are checked before pycocotools sees them, because its C decoder trusts
+them and a forged string would make it read or write past its buffers. Category ids are remapped
+to contiguous indices in id order (COCO's 1..90 with gaps become 0..79), as detectron2 does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pycocotools import mask as mask_utils
+
+from sskd_deploy.data.image_io import image_size
+from sskd_deploy.data.paths import Report, join_inside, raise_problem, unsafe_name_problem
+from sskd_deploy.data.records import Annotation, CategorySet, Dataset, ImageRecord
+from sskd_deploy.errors import DatasetError, InputError
+from sskd_deploy.io import atomic_write_json
+from sskd_deploy.structures import RLE, compress_rle, rle_area, rle_bbox
+
+_IMAGE_KEYS = ("id", "file_name", "height", "width")
+
+
+def default_image_root(annotation_file: Path) -> Path:
+    """``X/images`` when the JSON sits in ``X/annotations/`` and ``X/images`` exists, else its folder."""
+    folder = Path(annotation_file).parent
+    if folder.name == "annotations" and (folder.parent / "images").is_dir():
+        return folder.parent / "images"
+    return folder
+
+
+def read_coco(
+    annotation_file: Path,
+    image_root: Path | None = None,
+    *,
+    name: str | None = None,
+    check_images: bool = False,
+) -> Dataset:
+    """Read a COCO instances file; raise :class:`DatasetError` on the first problem.
+
+    A file without an ``"annotations"`` key lists unlabeled images (``annotations=None``); with
+    one (even empty) every image is labeled. ``check_images`` also reads every image header and
+    compares its size with the file's ``height``/``width``.
+    """
+    dataset = parse_coco(annotation_file, image_root, name=name, check_images=check_images)
+    assert dataset is not None  # raise_problem raised otherwise
+    return dataset
+
+
+def parse_coco(
+    annotation_file: Path,
+    image_root: Path | None = None,
+    *,
+    name: str | None = None,
+    report: Report = raise_problem,
+    check_images: bool = False,
+) -> Dataset | None:
+    """Read a COCO file, telling ``report`` about each problem and skipping the broken entries.
+
+    Returns ``None`` when the file as a whole is unusable (unreadable, malformed JSON, missing keys).
+    """
+    file = Path(annotation_file)
+    root = Path(image_root) if image_root is not None else default_image_root(file)
+    data = load_json_object(file, report)
+    if data is None:
+        return None
+    labeled = "annotations" in data
+    required = ("images", "annotations", "categories") if labeled else ("images",)
+    for key in ("images", "annotations", "categories"):
+        if (key in required or key in data) and not isinstance(data.get(key), list):
+            found = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            report(file, f"top-level {key!r} must be a list, found {found}")
+            return None
+    categories = _parse_categories(data.get("categories", []), file, report)
+    images, skipped = _parse_images(data["images"], file, root, report, check_images)
+    grouped: dict[int, list[Annotation]] | None = None
+    if labeled:
+        grouped = _parse_annotations(data["annotations"], file, images, skipped, categories, report)
+    records = tuple(
+        ImageRecord(iid, fname, path, h, w, None if grouped is None else tuple(grouped.get(iid, ())))
+        for iid, (fname, path, h, w) in images.items()
+    )
+    return Dataset(name or file.stem, categories, records, file, root, {"format": "coco"})
+
+
+def load_json_object(file: Path, report: Report = raise_problem) -> dict | None:
+    """The top-level JSON object of ``file``, or ``None`` after reporting why it cannot be had."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        report(file, "file not found")
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        report(file, f"cannot read as UTF-8 text ({err})")
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        report(file, f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}")
+        return None
+    if not isinstance(data, dict):
+        report(file, f"top level must be a JSON object, found a {type(data).__name__}")
+        return None
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_categories(items: list, file: Path, report: Report) -> CategorySet:
+    """Contiguous classes in source-id order, keeping the source ids."""
+    names: dict[int, str] = {}
+    for i, cat in enumerate(items):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            report(file, f"categories[{i}] must be an object with an integer 'id' and a string 'name'")
+        elif cat["id"] in names:
+            report(file, f"category id {cat['id']} is listed twice")
+        else:
+            names[cat["id"]] = cat["name"]
+    ids = sorted(names)
+    return CategorySet(tuple(names[i] for i in ids), tuple(ids))
+
+
+def _image_entry_problem(i: int, img: Any) -> str | None:
+    if not isinstance(img, dict):
+        return f"images[{i}] is not an object"
+    missing = [k for k in _IMAGE_KEYS if k not in img]
+    if missing:
+        return f"images[{i}] has no {', '.join(repr(k) for k in missing)}"
+    if not _is_int(img["id"]) or not isinstance(img["file_name"], str):
+        return f"images[{i}] needs an integer 'id' and a string 'file_name'"
+    if not all(_is_int(img[k]) and img[k] > 0 for k in ("height", "width")):
+        size = f"height {img['height']!r} / width {img['width']!r}"
+        return f"image id {img['id']} has {size}, expected positive integers"
+    return None
+
+
+def _parse_images(
+    items: list, file: Path, root: Path, report: Report, check_images: bool
+) -> tuple[dict[int, tuple[str, Path, int, int]], set[int]]:
+    """``{image_id: (file_name, path, height, width)}`` in file order, and ids of skipped entries."""
+    images: dict[int, tuple[str, Path, int, int]] = {}
+    skipped: set[int] = set()
+    for i, img in enumerate(items):
+        problem = _image_entry_problem(i, img)
+        if problem is None and img["id"] in images:
+            problem = f"image id {img['id']} is listed twice"
+        if problem is None and (unsafe := unsafe_name_problem(img["file_name"])):
+            problem = f"image id {img['id']} file_name {img['file_name']!r} {unsafe} (image root {root})"
+        if problem is not None:
+            report(file, problem)
+            # Annotations of a skipped image are not reported again; a repeated id keeps its first entry.
+            if isinstance(img, dict) and _is_int(img.get("id")) and img["id"] not in images:
+                skipped.add(img["id"])
+            continue
+        path = join_inside(root, img["file_name"])
+        if not _image_file_ok(path, img, file, report, check_images):
+            skipped.add(img["id"])
+            continue
+        images[img["id"]] = (img["file_name"], path, img["height"], img["width"])
+    return images, skipped
+
+
+def _image_file_ok(path: Path, img: dict, file: Path, report: Report, check_images: bool) -> bool:
+    if not path.is_file():
+        report(path, f"file not found (image id {img['id']} of {file})")
+        return False
+    if not check_images:
+        return True
+    try:
+        height, width = image_size(path)
+    except InputError as err:
+        report(err.path, err.problem)
+        return False
+    if (height, width) != (img["height"], img["width"]):
+        report(path, f"image is {height}x{width} (HxW) but {file} says {img['height']}x{img['width']}")
+        return False
+    return True
+
+
+def _parse_annotations(
+    items: list,
+    file: Path,
+    images: dict[int, tuple[str, Path, int, int]],
+    skipped: set[int],
+    categories: CategorySet,
+    report: Report,
+) -> dict[int, list[Annotation]]:
+    """Annotations grouped by image id; entries of skipped images are dropped without a second report."""
+    grouped: dict[int, list[Annotation]] = {}
+    seen: set[int] = set()
+    index = {sid: i for i, sid in enumerate(categories.source_ids)}
+    for i, ann in enumerate(items):
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            report(file, f"annotations[{i}] must be an object with an integer 'id'")
+            continue
+        aid = ann["id"]
+        if aid in seen:
+            report(file, f"annotation id {aid} is listed twice")
+            continue
+        seen.add(aid)
+        image_id, category_id = ann.get("image_id"), ann.get("category_id")
+        if _is_int(image_id) and image_id in skipped:
+            continue
+        if not _is_int(image_id) or image_id not in images:
+            report(file, f"annotation id {aid} names unknown image_id {image_id!r}")
+        elif not _is_int(category_id) or category_id not in index:
+            report(file, f"annotation id {aid} names unknown category_id {category_id!r}")
+        else:
+            _, _, height, width = images[image_id]
+            result = _annotation(ann, height, width, index[category_id])
+            if isinstance(result, str):
+                report(file, f"annotation id {aid} (image id {image_id}): {result}")
+            else:
+                grouped.setdefault(image_id, []).append(result)
+    return grouped
+
+
+def _annotation(ann: dict, height: int, width: int, category: int) -> Annotation | str:
+    """The :class:`Annotation` for one entry, or the problem with it."""
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1) or isinstance(crowd, float):
+        return f"iscrowd is {crowd!r}, expected 0 or 1"
+    score = ann.get("score", 1.0)
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+        return f"score is {score!r}, expected a number in [0, 1]"
+    if "segmentation" not in ann:
+        return "has no 'segmentation'"
+    rle = segmentation_to_rle(ann["segmentation"], height, width)
+    if isinstance(rle, str):
+        return rle
+    if "bbox" in ann and (problem := _bbox_problem(ann["bbox"], height, width)):
+        return problem
+    if rle_area(rle) == 0:
+        return "empty mask (0 pixels)"
+    return Annotation(category, rle, bool(crowd), float(score))
+
+
+def _bbox_problem(bbox: Any, height: int, width: int, tolerance: float = 1.0) -> str | None:
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"bbox {bbox!r} is not [x, y, width, height] of finite numbers"
+    x, y, w, h = bbox
+    if w < 0 or h < 0:
+        return f"bbox {bbox!r} has a negative size"
+    if x < -tolerance or y < -tolerance or x + w > width + tolerance or y + h > height + tolerance:
+        return f"bbox {bbox!r} lies outside the image (width {width}, height {height})"
+    return None
+
+
+def write_coco(dataset: Dataset, path: Path) -> Path:
+    """Write ``dataset`` as a COCO instances file (atomically); round-trips with :func:`read_coco`.
+
+    Category ids are the source ids, so predictions and ground truth stay in the source id space.
+    A fully unlabeled dataset is written without an ``"annotations"`` key.
+    """
+    kinds = {r.labeled for r in dataset.records}
+    if len(kinds) > 1:
+        problem = f"dataset {dataset.name!r} mixes labeled and unlabeled images; write them apart"
+        raise DatasetError(path, problem)
+    images = [
+        {"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width}
+        for r in dataset.records
+    ]
+    out: dict[str, Any] = {"images": images, "categories": dataset.categories.coco_categories()}
+    if kinds != {False}:
+        out["annotations"] = _annotation_entries(dataset)
+    return atomic_write_json(path, out)
+
+
+def _annotation_entries(dataset: Dataset) -> list[dict]:
+    entries = []
+    for record in dataset.records:
+        for ann in record.annotations or ():
+            entry = {
+                "id": len(entries) + 1,
+                "image_id": record.image_id,
+                "category_id": dataset.categories.source_ids[ann.category],
+                "segmentation": {"size": list(ann.rle["size"]), "counts": ann.rle["counts"]},
+                "area": rle_area(ann.rle),
+                "bbox": rle_bbox(ann.rle),
+                "iscrowd": int(ann.iscrowd),
+            }
+            if ann.score != 1.0:
+                entry["score"] = ann.score
+            entries.append(entry)
+    return entries
+
+
+# --- segmentations: validated before pycocotools sees them -------------------------------------
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE | str:
+    """A COCO ``segmentation`` (polygons, compressed or uncompressed RLE) as compressed RLE with
+    ``str`` counts, or a one-line description of what is wrong with it."""
+    if isinstance(segmentation, list):
+        problem = _polygons_problem(segmentation, height, width)
+        return problem or polygons_to_rle(segmentation, height, width)
+    if isinstance(segmentation, dict):
+        problem = _rle_problem(segmentation, height, width)
+        return problem or compress_rle(segmentation)
+    return f"segmentation must be a polygon list or an RLE object, found a {type(segmentation).__name__}"
+
+
+def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> RLE:
+    """Union of COCO polygons as a compressed RLE with ``str`` counts (pycocotools rasterisation)."""
+    parts = mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width)
+    merged = mask_utils.merge(parts)
+    return {"size": [height, width], "counts": merged["counts"].decode("ascii")}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _polygons_problem(polygons: list, height: int, width: int, tolerance: float = 1.0) -> str | None:
+    """Polygon coordinates may overshoot the image by ``tolerance`` pixels (annotation tools round)."""
+    if not polygons:
+        return "segmentation is an empty polygon list"
+    for j, poly in enumerate(polygons):
+        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            return f"polygon {j} is not a flat list of finite numbers"
+        if len(poly) < 6 or len(poly) % 2:
+            return f"polygon {j} has {len(poly)} coordinates, expected an even number >= 6"
+        xs, ys = poly[0::2], poly[1::2]
+        low, high = -tolerance, (width + tolerance, height + tolerance)
+        if min(xs) < low or min(ys) < low or max(xs) > high[0] or max(ys) > high[1]:
+            return f"polygon {j} has points outside the image (width {width}, height {height})"
+    return None
+
+
+def _rle_problem(rle: dict, height: int, width: int) -> str | None:
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"RLE size {size!r} is not [height, width]"
+    if size != [height, width]:
+        return f"RLE size {size} differs from the image's [height, width] [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        runs: list[int] | None = counts
+    elif isinstance(counts, str):
+        runs = _compressed_runs(counts)
+        if runs is None:
+            return "compressed RLE counts is not a valid COCO RLE string"
+    else:
+        return f"RLE counts must be a string or a list of integers, found a {type(counts).__name__}"
+    if sum(runs) != height * width:
+        return f"RLE runs cover {sum(runs)} pixels but the image has {height * width}"
+    return None
+
+
+def _compressed_runs(counts: str) -> list[int] | None:
+    """Decode COCO's compressed counts string (LEB128-like 5-bit groups, deltas from two runs back).
+
+    ``None`` when the string is malformed: a character outside the alphabet, a number cut off at the
+    end, or a negative run. pycocotools would decode such a string without bounds checks.
+    """
+    runs: list[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(counts) or shift > 35:
+                return None
+            c = ord(counts[pos]) - 48
+            if not 0 <= c < 64:
+                return None
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos, shift = pos + 1, shift + 5
+            if not more and c & 0x10:  # sign bit of the last group
+                value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return None
+        runs.append(value)
+    return runs

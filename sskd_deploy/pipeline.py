@@ -1,0 +1,123 @@
+"""The main job and the data commands, as library functions the CLI calls.
+
+``run_pipeline`` is what the README's main command runs: on the embedded default it generates
+the synthetic world (or reuses an identical one), validates it, summarises it and draws its
+ground truth. Later stages (train, export, bench, report) append themselves here, each writing
+into the run directory and recording itself in the run manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sskd_deploy.errors import DatasetError, SSKDError
+from sskd_deploy.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from sskd_deploy.config import Config
+    from sskd_deploy.data.check import CheckReport
+    from sskd_deploy.data.records import Dataset
+
+
+def _default_split(splits: dict[str, Dataset], split: str | None, path: Path) -> Dataset:
+    """``split`` by name, else the first labeled split (else the first split)."""
+    from sskd_deploy.data.layout import pick_split
+
+    if split is not None or len(splits) == 1:
+        return pick_split(splits, split, path)
+    labeled = [d for d in splits.values() if d.labeled]
+    return (labeled or list(splits.values()))[0]
+
+
+def draw_ground_truth(dataset: Dataset, indices: list[int], out: Path, *, columns: int = 4) -> Path:
+    """Overlay the ground truth of ``dataset.records[indices]`` and write one PNG."""
+    from sskd_deploy.data.image_io import read_image
+    from sskd_deploy.data.visualize import save_overlay_grid
+
+    if not indices:
+        raise DatasetError(dataset.source, f"split {dataset.name!r} has no images to draw")
+    items = [(read_image(dataset.records[i].path), dataset.records[i].instances()) for i in indices]
+    return save_overlay_grid(items, dataset.categories.names, out, columns=columns)
+
+
+def show_dataset(
+    path: Path, out: Path, *, split: str | None = None, num: int = 8, columns: int = 4, seed: int = 0
+) -> Path:
+    """``data show``: the ground truth of ``num`` images of a split (a seeded sample; seed < 0: the first)."""
+    from sskd_deploy.data.layout import open_dataset_dir
+
+    dataset = _default_split(open_dataset_dir(Path(path)), split, Path(path))
+    count = min(num, len(dataset.records))
+    if seed < 0:
+        chosen = list(range(count))
+    else:
+        chosen = sorted(np.random.default_rng(seed).choice(len(dataset.records), count, replace=False).tolist())
+    return draw_ground_truth(dataset, chosen, out, columns=columns)
+
+
+def print_check_report(report: CheckReport, console: Console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"dataset check: {report.path}")
+    table.add_column("split")
+    keys = sorted({k for s in report.splits.values() for k in s})
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, info in report.splits.items():
+        table.add_row(name, *(str(info.get(k, "")) for k in keys))
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/red] {escape(problem)}", soft_wrap=True)
+    verdict = "[green]ok[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]"
+    console.print(f"{verdict}: {report.path}", soft_wrap=True)
+
+
+def run_pipeline(config: Config, *, console: Console) -> dict:
+    """The main job. Returns (and writes) the run manifest ``<out_dir>/manifest.json``."""
+    from sskd_deploy.config import config_hash, dump_config
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.data.stats import dataset_statistics, format_statistics
+    from sskd_deploy.provenance import environment, library_versions
+
+    out = Path(config.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(config))
+    steps: dict[str, dict] = {}
+
+    start = time.perf_counter()
+    data = resolve_data(config.data, console=console)
+    steps["data"] = {"seconds": round(time.perf_counter() - start, 3), "source": data.describe()}
+
+    start = time.perf_counter()
+    reports = data.check()
+    for report in reports:
+        print_check_report(report, console)
+    problems = [p for r in reports for p in r.problems]
+    steps["check"] = {"seconds": round(time.perf_counter() - start, 3), "problems": len(problems)}
+    if problems:
+        raise SSKDError(f"{len(problems)} dataset problem(s) found; fix them or point the config elsewhere")
+
+    stats = {role: dataset_statistics(ds) for role, ds in data.roles().items()}
+    atomic_write_json(out / "data_statistics.json", stats, indent=2)
+    for role, s in stats.items():
+        console.print(f"[bold]{role}[/bold]\n{format_statistics(s)}")
+
+    start = time.perf_counter()
+    overlay = draw_ground_truth(data.val, list(range(min(8, len(data.val)))), out / "data_overlays.png")
+    steps["overlays"] = {"seconds": round(time.perf_counter() - start, 3), "file": overlay.name}
+
+    manifest = {
+        "format": "sskd-deploy/run", "version": 1, "config_hash": config_hash(config),
+        "data_hash": data.content_hash(), "steps": steps,
+        "versions": library_versions(), "environment": environment(),
+    }
+    atomic_write_json(out / "manifest.json", manifest, indent=2)
+    console.print(f"[green]done[/green]: run directory {out} (overlays: {overlay})")
+    return manifest

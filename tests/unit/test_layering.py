@@ -1,0 +1,92 @@
+"""The dependency direction of DESIGN.md section 2, enforced on the source.
+
+Every import statement counts, including the lazy ones inside functions: a lazy import hides a
+dependency from start-up time, not from the architecture. Only the application layer (cli,
+pipeline) may reach everything.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
+HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
+CORE = {"errors", "io", "provenance", "structures", "spec", "preprocess", "postprocess", "evaluation", "config", "data"}
+LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "cli", "pipeline"}
+
+# layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed
+FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
+    "core": (LAYERS, HEAVY),
+    "models": (LAYERS - {"models"}, {"tensorrt", "torch_tensorrt", "tritonclient", "onnxruntime"}),
+    "training": ({"export", "serving", "runtime", "bench", "cli", "pipeline"}, {"tensorrt", "tritonclient"}),
+    "export": ({"training", "serving", "bench", "cli", "pipeline"}, {"tritonclient"}),
+    "runtime": ({"training", "export", "serving", "bench", "cli", "pipeline"}, set()),
+    "serving": ({"models", "training", "export", "bench", "cli", "pipeline"}, {"torch", "transformers"}),
+    "bench": ({"training", "cli", "pipeline"}, set()),
+}
+
+
+def layer_of(path: Path) -> str:
+    top = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    if top in CORE or top == "__init__":
+        return "core"
+    return top
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: use absolute imports (sskd_deploy....)")
+    return found
+
+
+def violations() -> list[str]:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = layer_of(path)
+        if layer not in FORBIDDEN:
+            continue
+        banned_internal, banned_external = FORBIDDEN[layer]
+        for lineno, module in imports_of(path):
+            parts = module.split(".")
+            if parts[0] == "sskd_deploy" and len(parts) > 1 and parts[1] in banned_internal:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{lineno}: {layer} imports {module}")
+            if parts[0] in banned_external:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{lineno}: {layer} imports {module}")
+    return problems
+
+
+def test_no_forbidden_imports() -> None:
+    assert violations() == []
+
+
+def test_checker_catches_a_forbidden_edge(tmp_path, monkeypatch) -> None:
+    fake = tmp_path / "sskd_deploy"
+    (fake / "data").mkdir(parents=True)
+    (fake / "data" / "bad.py").write_text("import torch\nfrom sskd_deploy.training import loop\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    found = violations()
+    assert len(found) == 2 and all("core imports" in f for f in found)
+
+
+@pytest.mark.parametrize("module", ["sskd_deploy.cli", "sskd_deploy.config", "sskd_deploy.evaluation",
+                                    "sskd_deploy.data.layout", "sskd_deploy.postprocess"])
+def test_core_modules_load_without_torch(module: str) -> None:
+    code = f"import sys, {module}; bad = [m for m in {sorted(HEAVY)!r} if m in sys.modules]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_import_is_light() -> None:
+    code = "import sys, sskd_deploy.cli; assert 'numpy' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
