@@ -25,7 +25,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Generate, inspect and validate datasets.", no_args_is_help=True)
 config_app = typer.Typer(help="Validate and print configuration files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+model_app = typer.Typer(help="Inspect model presets and checkpoints.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the embedded default).")
@@ -154,6 +156,22 @@ def eval_(
     target = out or pred.with_name(pred.stem + ".metrics.json")
     atomic_write_json(target, result.to_dict(), indent=2)
     _console().print(f"wrote {target}")
+
+
+@model_app.command("info")
+def model_info_cmd(
+    name: Annotated[str, typer.Argument(help="Preset (student-s, student-tiny, teacher-l, teacher-tiny) or checkpoint.")],
+    input_size: Annotated[Optional[str], typer.Option(help="Input size HxW (default: the model's).")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes for a preset (a checkpoint has its own).")] = 8,
+    iters: Annotated[int, typer.Option(help="Timed CPU forward passes at batch 1 (0: skip latency).")] = 5,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON.")] = None,
+) -> None:
+    """Parameters per part, GFLOPs (torch.utils.flop_counter) and measured CPU latency of a model."""
+    from sskd_deploy.pipeline import describe_model
+
+    describe_model(name, input_size=_parse_size(input_size) if input_size else None, num_classes=num_classes,
+                   iters=iters, threads=threads, json_out=json_out, console=_console())
 
 
 @app.command()

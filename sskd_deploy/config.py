@@ -3,7 +3,8 @@
 The pydantic models below *are* the embedded default: ``Config()`` is what an empty file (or no
 file) means, and ``configs/default.yaml`` spells the same values out with comments. A later stage
 adds its settings by writing one :class:`Section` subclass and adding one field to :class:`Config`;
-loading, overrides, dumping, hashing and error messages need no change.
+loading, overrides, dumping, hashing and error messages need no change. Reading and writing YAML
+and wording the problems is :mod:`sskd_deploy.config_io`'s job.
 
 Relative paths are kept as written and resolved against the working directory of the command that
 uses them (not against the config file's folder).
@@ -11,16 +12,16 @@ uses them (not against the config file's folder).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from sskd_deploy.errors import ConfigError, InputError
+from sskd_deploy.config_io import dump_yaml, read_yaml, show_value, validation_problems
+from sskd_deploy.errors import ConfigError
 from sskd_deploy.io import dumps_json
 
 
@@ -125,79 +126,6 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
 
 
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):  # Optional[...] / Annotated[...]
-        found = _section_type(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section model at ``loc`` (a tuple of field names) below :class:`Config`, if any."""
-    model: type[BaseModel] | None = Config
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        model = _section_type(model.model_fields[part].annotation)
-    return model
-
-
-def _location(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        text = repr(value)
-    else:
-        try:  # as the user wrote it in YAML: null, true, [1, 2]
-            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        except yaml.YAMLError:  # a Python object handed to config_from_dict
-            text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_KINDS = {
-    "int_type": "must be an integer", "float_type": "must be a number", "string_type": "must be a string",
-    "bool_type": "must be true or false", "path_type": "must be a path", "tuple_type": "must be a list",
-    "model_type": "must be a mapping of keys", "dict_type": "must be a mapping of keys",
-}
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-
-
-def _problem(error: Mapping[str, Any]) -> str:
-    """One line for one pydantic error entry: ``<dotted.key>: <what is wrong> (got <value>)``."""
-    kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
-    where = _location(loc)
-    if kind == "extra_forbidden":
-        section = _section_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields) if section else [], n=1)
-        return f"{where}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
-    if kind == "missing":
-        return f"{where}: " + ("missing item" if isinstance(loc[-1], int) else "required key missing")
-    if kind == "value_error":  # our own cross-field rules: the message is already the whole story
-        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
-    if kind in _BOUNDS:
-        bound = next(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
-        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        what = f"must be {_BOUNDS[kind]} {bound}"
-    elif kind == "literal_error":
-        what = f"must be one of {ctx['expected']}"
-    elif kind == "too_long":
-        what = f"must have at most {ctx['max_length']} items"
-    elif kind == "too_short":
-        what = f"must have at least {ctx['min_length']} items"
-    else:
-        what = _KINDS.get(kind, error["msg"][:1].lower() + error["msg"][1:])
-    return f"{where}: {what} (got {_show(error['input'])})"
-
-
 def _rule_fallback(data: Mapping[str, Any], problems: list[str]) -> list[str]:
     """The data-section rules when field errors kept pydantic from running them, so that one
     report lists everything."""
@@ -215,40 +143,12 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str | Path | None =
     if data is None:
         return Config()
     if not isinstance(data, Mapping):
-        raise ConfigError(source, [f"top level must be a mapping of sections (got {_show(data)})"])
+        raise ConfigError(source, [f"top level must be a mapping of sections (got {show_value(data)})"])
     try:
         return Config.model_validate(dict(data))
     except ValidationError as err:
-        problems = [_problem(e) for e in err.errors()]
+        problems = validation_problems(err, Config)
         raise ConfigError(source, problems + _rule_fallback(data, problems)) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML loader that rejects a key given twice (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(text: str, source: str | Path) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-        if context and start is not None:  # where the unfinished construct began is often the real mistake
-            problem += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
-        raise ConfigError(source, [f"invalid YAML{where}: {problem}"]) from None
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -256,28 +156,12 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, f"cannot read config file ({err})") from None
-    return config_from_dict(_parse_yaml(text, path), source=path)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block-style sections, but lists on one line (``image_size: [192, 256]``) as people write them."""
-
-
-_Dumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-)
+    return config_from_dict(read_yaml(path), source=path)
 
 
 def dump_config(config: Config) -> str:
     """YAML text of ``config`` (paths as strings, tuples as lists) that loads back equal."""
-    tree = config.model_dump(mode="json")
-    return yaml.dump(tree, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return dump_yaml(config.model_dump(mode="json"))
 
 
 def config_hash(config: Config) -> str:

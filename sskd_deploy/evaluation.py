@@ -14,20 +14,20 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import DatasetError, InputError
 from sskd_deploy.postprocess import instances_to_coco_results
-from sskd_deploy.structures import RLE, Instances, compress_rle, rle_area, rle_bbox
+from sskd_deploy.segmentation import segmentation_to_rle
+from sskd_deploy.structures import Instances, compress_rle, rle_area, rle_bbox
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -55,57 +55,6 @@ class EvalResult:
         return asdict(self)
 
 
-def _check_rle_string(counts: str, height: int, width: int) -> None:
-    """Raise ValueError unless ``counts`` (COCO's compressed RLE string) covers ``height * width``.
-
-    pycocotools trusts these strings; a corrupt one silently gives wrong areas and IoUs. Each run
-    is a little-endian base-32 number over chars ``'0'..'o'`` (bit 0x20: more chars follow; 0x10
-    on the last char: negative); runs from the fourth on are stored as the difference to the run
-    two before.
-    """
-    codes = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
-    if ((codes < 0) | (codes > 63)).any():
-        raise ValueError("RLE counts contain characters outside '0'..'o'")
-    more = (codes & 0x20) != 0
-    if codes.size and more[-1]:
-        raise ValueError("RLE counts end in the middle of a number")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-    digit = np.arange(codes.size) - np.repeat(starts, ends - starts + 1)
-    if digit.size and digit.max() >= 7:  # 7 chars hold 35 bits, more than a uint32 run needs
-        raise ValueError("RLE counts contain an overlong number")
-    values = np.add.reduceat((codes & 0x1F) << (5 * digit), starts) if codes.size else codes
-    values = values - (((codes[ends] & 0x10) != 0) << (5 * (digit[ends] + 1)))
-    runs = values.copy()
-    runs[1::2] = np.cumsum(values[1::2])
-    runs[2::2] = np.cumsum(values[2::2])
-    if (runs < 0).any() or int(runs.sum()) != height * width:
-        raise ValueError(f"RLE counts do not describe a {height}x{width} mask")
-
-
-def _to_rle(segmentation: Any, height: int, width: int) -> RLE:
-    """Any COCO segmentation (polygons, uncompressed or compressed RLE) -> checked compressed RLE."""
-    if isinstance(segmentation, list):
-        polygons = [np.asarray(p, dtype=np.float64) for p in segmentation]
-        if not polygons or any(p.ndim != 1 or p.size < 6 or p.size % 2 for p in polygons):
-            raise ValueError("polygons must be lists of at least 3 (x, y) pairs")
-        encoded = mask_utils.frPyObjects([p.tolist() for p in polygons], height, width)
-        return compress_rle(mask_utils.merge(encoded))
-    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
-        raise ValueError("segmentation must be polygons or an RLE dict with 'size' and 'counts'")
-    if list(segmentation["size"]) != [height, width]:
-        raise ValueError(f"RLE size {segmentation['size']} differs from the image size [{height}, {width}]")
-    counts = segmentation["counts"]
-    if isinstance(counts, list):
-        if sum(counts) != height * width or any(c < 0 for c in counts):
-            raise ValueError(f"RLE counts do not describe a {height}x{width} mask")
-        return compress_rle(segmentation)
-    if not isinstance(counts, str):
-        raise ValueError("RLE counts must be a string or a list of integers")
-    _check_rle_string(counts, height, width)
-    return {"size": [height, width], "counts": counts}
-
-
 def _field(entry: Any, key: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(entry, dict):
         raise ValueError(f"expected an object, got {type(entry).__name__}")
@@ -121,6 +70,19 @@ def _positive(value: int, key: str) -> int:
     if value <= 0:
         raise ValueError(f"'{key}' must be positive, got {value}")
     return value
+
+
+def _image_of(
+    entry: Any, images: dict[int, dict], category_ids: Container[int], where: tuple[str, str]
+) -> dict:
+    """The image of an annotation or result ``entry``, after checking that its ``image_id`` is one
+    of ``images`` and its ``category_id`` one of ``category_ids`` (``where``: how to name the two)."""
+    image = images.get(_field(entry, "image_id", int))
+    if image is None:
+        raise ValueError(f"image_id {entry['image_id']} is not in {where[0]}")
+    if _field(entry, "category_id", int) not in category_ids:
+        raise ValueError(f"category_id {entry['category_id']} is not in {where[1]}")
+    return image
 
 
 def _gt_tables(raw: dict[str, Any], name: str) -> tuple[dict[int, dict], dict[int, dict]]:
@@ -154,12 +116,8 @@ def _gt_from_json(raw: Any, name: str) -> dict[str, Any]:
     annotations = []
     for i, ann in enumerate(raw["annotations"]):
         try:
-            image = images.get(_field(ann, "image_id", int))
-            if image is None:
-                raise ValueError(f"image_id {ann['image_id']} is not in 'images'")
-            if _field(ann, "category_id", int) not in categories:
-                raise ValueError(f"category_id {ann['category_id']} is not in 'categories'")
-            rle = _to_rle(ann.get("segmentation"), image["height"], image["width"])
+            image = _image_of(ann, images, categories, ("'images'", "'categories'"))
+            rle = segmentation_to_rle(ann.get("segmentation"), image["height"], image["width"])
         except (TypeError, ValueError) as err:
             raise DatasetError(name, f"annotation {i}: {err}") from None
         # Keep a given area: official COCO areas come from polygons and decide small/medium/large.
@@ -179,15 +137,12 @@ def _detections(raw: Any, gt: dict[str, Any], name: str) -> list[dict[str, Any]]
     detections = []
     for i, entry in enumerate(raw):
         try:
-            image = images.get(_field(entry, "image_id", int))
-            if image is None:
-                raise ValueError(f"image_id {entry['image_id']} is not in the ground truth")
-            if _field(entry, "category_id", int) not in category_ids:
-                raise ValueError(f"category_id {entry['category_id']} is not in the ground truth")
+            image = _image_of(entry, images, category_ids, ("the ground truth", "the ground truth"))
             score = float(_field(entry, "score", (int, float)))
             if not math.isfinite(score):
                 raise ValueError(f"score {score} is not finite")
-            rle = _to_rle(_field(entry, "segmentation", (dict, list)), image["height"], image["width"])
+            segmentation = _field(entry, "segmentation", (dict, list))
+            rle = segmentation_to_rle(segmentation, image["height"], image["width"])
         except (TypeError, ValueError) as err:
             raise InputError(name, f"entry {i}: {err}") from None
         detections.append({"image_id": image["id"], "category_id": entry["category_id"], "segmentation": rle,

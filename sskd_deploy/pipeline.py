@@ -121,3 +121,35 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
     atomic_write_json(out / "manifest.json", manifest, indent=2)
     console.print(f"[green]done[/green]: run directory {out} (overlays: {overlay})")
     return manifest
+
+
+def describe_model(
+    name: str, *, input_size: tuple[int, int] | None, num_classes: int, iters: int, threads: int | None,
+    json_out: Path | None, console: Console,
+) -> dict:
+    """``model info``: build a preset (or a checkpoint's config) with random weights and measure it."""
+    from rich.table import Table
+
+    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.models.info import model_info
+
+    if Path(name).suffix in (".safetensors", ".pt", ".pth"):
+        from sskd_deploy.models.checkpoint import read_checkpoint
+
+        config = read_checkpoint(name).model_config
+    else:
+        config = model_preset(name).with_classes(num_classes)
+    if input_size is not None:
+        config = config.updated(input_size=input_size)
+    info = model_info(config, iters=iters, threads=threads)
+    table = Table(title=f"{info.name} at {info.input_size[0]}x{info.input_size[1]}, {config.num_classes} classes")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for part, count in info.parameters.items():
+        table.add_row(part, f"{count / 1e6:.2f}M")
+    console.print(table)
+    latency = "skipped" if info.latency_ms is None else f"{info.latency_ms:.1f} ms ({info.threads} threads)"
+    console.print(f"GFLOPs {info.gflops:.1f} (GMACs {info.gmacs:.1f}); CPU latency batch 1: {latency}")
+    if json_out is not None:
+        atomic_write_json(json_out, info.to_dict(), indent=2)
+    return info.to_dict()

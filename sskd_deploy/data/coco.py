@@ -2,9 +2,9 @@
 
 Reading validates everything it trusts later: entry types, unique ids, references between
 annotations, images and categories, file names that stay inside the image root, and masks that
-fit the image. RLE counts are checked before pycocotools sees them, because its C decoder trusts
-them and a forged string would make it read or write past its buffers. Category ids are remapped
-to contiguous indices in id order (COCO's 1..90 with gaps become 0..79), as detectron2 does.
+fit the image (:mod:`sskd_deploy.segmentation` checks every segmentation before pycocotools sees
+it). Category ids are remapped to contiguous indices in id order (COCO's 1..90 with gaps become
+0..79), as detectron2 does.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pycocotools import mask as mask_utils
-
 from sskd_deploy.data.image_io import image_size
-from sskd_deploy.data.paths import Report, join_inside, raise_problem, unsafe_name_problem
+from sskd_deploy.data.paths import Report, join_inside, raise_problem, read_text, unsafe_name_problem
 from sskd_deploy.data.records import Annotation, CategorySet, Dataset, ImageRecord
 from sskd_deploy.errors import DatasetError, InputError
 from sskd_deploy.io import atomic_write_json
-from sskd_deploy.structures import RLE, compress_rle, rle_area, rle_bbox
+from sskd_deploy.segmentation import segmentation_to_rle
+from sskd_deploy.structures import rle_area, rle_bbox
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
 
@@ -90,13 +89,8 @@ def parse_coco(
 
 def load_json_object(file: Path, report: Report = raise_problem) -> dict | None:
     """The top-level JSON object of ``file``, or ``None`` after reporting why it cannot be had."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        report(file, "file not found")
-        return None
-    except (OSError, UnicodeDecodeError) as err:
-        report(file, f"cannot read as UTF-8 text ({err})")
+    text = read_text(file, report)
+    if text is None:
         return None
     try:
         data = json.loads(text)
@@ -111,6 +105,10 @@ def load_json_object(file: Path, report: Report = raise_problem) -> dict | None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _parse_categories(items: list, file: Path, report: Report) -> CategorySet:
@@ -232,9 +230,10 @@ def _annotation(ann: dict, height: int, width: int, category: int) -> Annotation
         return f"score is {score!r}, expected a number in [0, 1]"
     if "segmentation" not in ann:
         return "has no 'segmentation'"
-    rle = segmentation_to_rle(ann["segmentation"], height, width)
-    if isinstance(rle, str):
-        return rle
+    try:
+        rle = segmentation_to_rle(ann["segmentation"], height, width)
+    except ValueError as err:
+        return str(err)
     if "bbox" in ann and (problem := _bbox_problem(ann["bbox"], height, width)):
         return problem
     if rle_area(rle) == 0:
@@ -290,95 +289,3 @@ def _annotation_entries(dataset: Dataset) -> list[dict]:
                 entry["score"] = ann.score
             entries.append(entry)
     return entries
-
-
-# --- segmentations: validated before pycocotools sees them -------------------------------------
-
-
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE | str:
-    """A COCO ``segmentation`` (polygons, compressed or uncompressed RLE) as compressed RLE with
-    ``str`` counts, or a one-line description of what is wrong with it."""
-    if isinstance(segmentation, list):
-        problem = _polygons_problem(segmentation, height, width)
-        return problem or polygons_to_rle(segmentation, height, width)
-    if isinstance(segmentation, dict):
-        problem = _rle_problem(segmentation, height, width)
-        return problem or compress_rle(segmentation)
-    return f"segmentation must be a polygon list or an RLE object, found a {type(segmentation).__name__}"
-
-
-def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> RLE:
-    """Union of COCO polygons as a compressed RLE with ``str`` counts (pycocotools rasterisation)."""
-    parts = mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width)
-    merged = mask_utils.merge(parts)
-    return {"size": [height, width], "counts": merged["counts"].decode("ascii")}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _polygons_problem(polygons: list, height: int, width: int, tolerance: float = 1.0) -> str | None:
-    """Polygon coordinates may overshoot the image by ``tolerance`` pixels (annotation tools round)."""
-    if not polygons:
-        return "segmentation is an empty polygon list"
-    for j, poly in enumerate(polygons):
-        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
-            return f"polygon {j} is not a flat list of finite numbers"
-        if len(poly) < 6 or len(poly) % 2:
-            return f"polygon {j} has {len(poly)} coordinates, expected an even number >= 6"
-        xs, ys = poly[0::2], poly[1::2]
-        low, high = -tolerance, (width + tolerance, height + tolerance)
-        if min(xs) < low or min(ys) < low or max(xs) > high[0] or max(ys) > high[1]:
-            return f"polygon {j} has points outside the image (width {width}, height {height})"
-    return None
-
-
-def _rle_problem(rle: dict, height: int, width: int) -> str | None:
-    size, counts = rle.get("size"), rle.get("counts")
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-        return f"RLE size {size!r} is not [height, width]"
-    if size != [height, width]:
-        return f"RLE size {size} differs from the image's [height, width] [{height}, {width}]"
-    if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts):
-            return "uncompressed RLE counts must be non-negative integers"
-        runs: list[int] | None = counts
-    elif isinstance(counts, str):
-        runs = _compressed_runs(counts)
-        if runs is None:
-            return "compressed RLE counts is not a valid COCO RLE string"
-    else:
-        return f"RLE counts must be a string or a list of integers, found a {type(counts).__name__}"
-    if sum(runs) != height * width:
-        return f"RLE runs cover {sum(runs)} pixels but the image has {height * width}"
-    return None
-
-
-def _compressed_runs(counts: str) -> list[int] | None:
-    """Decode COCO's compressed counts string (LEB128-like 5-bit groups, deltas from two runs back).
-
-    ``None`` when the string is malformed: a character outside the alphabet, a number cut off at the
-    end, or a negative run. pycocotools would decode such a string without bounds checks.
-    """
-    runs: list[int] = []
-    pos = 0
-    while pos < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(counts) or shift > 35:
-                return None
-            c = ord(counts[pos]) - 48
-            if not 0 <= c < 64:
-                return None
-            value |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            pos, shift = pos + 1, shift + 5
-            if not more and c & 0x10:  # sign bit of the last group
-                value -= 1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            return None
-        runs.append(value)
-    return runs

@@ -8,7 +8,7 @@ Two concerns every reader shares:
 * A reader either stops at the first problem (normal reading) or lists every problem
   (``data check``). Readers take a :data:`Report` callback: :func:`raise_problem` raises
   :class:`DatasetError`, a :class:`ProblemList` collects one line per problem. After calling it a
-  reader skips the broken entry, so the same code serves both modes.
+  reader skips the broken entry, so the same code serves both modes (:func:`read_text` too).
 """
 
 from __future__ import annotations
@@ -43,6 +43,18 @@ class ProblemList:
 
     def __len__(self) -> int:
         return len(self.problems)
+
+
+def read_text(file: Path, report: Report = raise_problem) -> str | None:
+    """The UTF-8 text of ``file``, or ``None`` after telling ``report`` why it cannot be had."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problem = "file not found"
+    except (OSError, UnicodeDecodeError) as err:
+        problem = f"cannot read as UTF-8 text ({err})"
+    report(file, problem)  # outside the except: a raised DatasetError carries no chained traceback
+    return None
 
 
 def unsafe_name_problem(name: str) -> str | None:

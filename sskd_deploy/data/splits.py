@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sskd_deploy.data.paths import read_text
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import ConfigError, DatasetError
 
@@ -58,12 +59,8 @@ def split_by_file(dataset: Dataset, split_file: Path) -> tuple[Dataset, Dataset]
 
 
 def _split_entries(split_file: Path) -> list[tuple[int, str]]:
-    try:
-        text = split_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(split_file, "file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(split_file, f"cannot read as UTF-8 text ({err})") from None
+    text = read_text(split_file)
+    assert text is not None  # raise_problem raised otherwise
     entries = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
     entries = [(n, e) for n, e in entries if e and not e.startswith("#")]
     if not entries:

@@ -21,9 +21,9 @@ from sskd_deploy.structures import Instances
 
 SYNTH_CLASSES: tuple[str, ...] = ("disc", "box", "triangle", "star", "ring", "cross")
 
-MIN_VISIBLE_PX = 20
+MIN_VISIBLE_PX = 48
 MIN_VISIBLE_FRACTION = 0.2
-MIN_SIZE_PX = 10.0
+MIN_SIZE_PX = 16.0
 MAX_SIZE_FRACTION = 0.45  # of the shorter image side
 # Plain log-uniform sizes leave ~80% of instances COCO-small at 192x256, too few pixels for a CPU-sized
 # student to learn shape from; this exponent moves the median diameter from ~29 to ~40 px.

@@ -141,3 +141,14 @@ def test_bad_input_exit_codes(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "x.json" in err and "escape" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_model_info(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "info.json"
+    assert main(["model", "info", "student-tiny", "--input-size", "64x96", "--num-classes", "3", "--iters", "1",
+                 "--json", str(out)]) == 0
+    info = json.loads(out.read_text())
+    assert info["input_size"] == [64, 96] and info["parameters"]["total"] > 1e6 and info["gflops"] > 0
+    assert "GFLOPs" in capsys.readouterr().out
+    assert main(["model", "info", "student-xxl"]) == 2
+    assert "unknown preset" in capsys.readouterr().err

@@ -9,16 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sskd_deploy.data.coco import default_image_root, read_coco, segmentation_to_rle, write_coco
+from sskd_deploy.data.coco import default_image_root, read_coco, write_coco
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import DatasetError
-from sskd_deploy.structures import masks_to_rles
-from tests.unit.readers_fixtures import (
-    EXPECTED_COCO,
-    compressed_counts,
-    uncompressed_counts,
-    write_coco_fixture,
-)
+from tests.unit.readers_fixtures import EXPECTED_COCO, write_coco_fixture
 
 
 @pytest.fixture()
@@ -133,13 +127,3 @@ def test_scores_round_trip(coco_file: Path, tmp_path: Path) -> None:
     assert dataset.records[0].annotations[0].score == 0.25
     again = read_coco(write_coco(dataset, tmp_path / "s.json"), dataset.image_root)
     assert [a.score for a in again.records[0].annotations] == [0.25, 1.0]
-
-
-def test_segmentation_forms_agree_on_random_masks() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        h, w = (int(v) for v in rng.integers(1, 40, 2))
-        mask = rng.random((h, w)) < rng.random()
-        (expected,) = masks_to_rles(mask[None])
-        assert segmentation_to_rle({"size": [h, w], "counts": compressed_counts(mask)}, h, w) == expected
-        assert segmentation_to_rle({"size": [h, w], "counts": uncompressed_counts(mask)}, h, w) == expected

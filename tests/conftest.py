@@ -1,0 +1,19 @@
+"""Shared test settings.
+
+Under pytest-xdist each worker gets one torch thread: two workers with torch's default of one
+thread per core oversubscribe a 2-core machine, and torch's spinning threads then run many times
+slower than either alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # the core suite runs without torch
+        pass
