@@ -73,6 +73,22 @@ def run(config: ConfigOption = None, set_: SetOption = None) -> None:
     run_pipeline(_load_config(config, set_), console=_console())
 
 
+@app.command()
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    stages: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated stages to run: teacher_1a, teacher_1b, student_2, student_3, supervised."),
+    ] = None,
+) -> None:
+    """Three-stage SSKD training (teacher adaptation, distillation, refinement) plus the supervised
+    baseline. Finished stages are skipped; an interrupted stage resumes from its last checkpoint."""
+    from sskd_deploy.pipeline import train_command
+
+    train_command(_load_config(config, set_), stages=stages, console=_console())
+
+
 @config_app.command("check")
 def config_check(
     file: Annotated[Path, typer.Argument(help="YAML config to validate.")],

@@ -15,39 +15,26 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from sskd_deploy.config_io import dump_yaml, read_yaml, show_value, validation_problems
+from sskd_deploy.config_types import Count, Fraction, PathField, Section, Seed, Side, SplitFraction
 from sskd_deploy.errors import ConfigError
 from sskd_deploy.io import dumps_json
+from sskd_deploy.train_config import TrainConfig
 
 
-def _number_to_text(value: Any) -> Any:
-    # YAML reads `out_dir: 2024` as an int; as a path it can only have meant the text.
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-# Strict numbers: YAML already types them, so "5" or `true` where a count belongs is a mistake.
-Seed = Annotated[int, Strict(), Field(ge=0)]
-Count = Annotated[int, Strict(), Field(ge=1)]
-Side = Annotated[int, Strict(), Field(ge=64)]
-Fraction = Annotated[float, Strict(), Field(gt=0, le=1)]
-SplitFraction = Annotated[float, Strict(), Field(gt=0, lt=1)]
-PathField = Annotated[Path, BeforeValidator(_number_to_text)]
-
-
-class Section(BaseModel):
-    """Base of every config section: immutable, and unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+PIPELINE_STEPS = ("train",)
 
 
 class RunConfig(Section):
     out_dir: PathField = Path("runs/default")
     seed: Seed = 0
+    # What the main job does after preparing the data, in order (export, bench, report join later).
+    steps: tuple[Literal["train"], ...] = PIPELINE_STEPS
 
 
 class SynthConfig(Section):
@@ -124,6 +111,7 @@ class Config(Section):
 
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _rule_fallback(data: Mapping[str, Any], problems: list[str]) -> list[str]:
@@ -207,3 +195,4 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     if problems:
         raise ConfigError("--set", problems)
     return config_from_dict(tree, source="--set")
+

@@ -113,6 +113,15 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
     overlay = draw_ground_truth(data.val, list(range(min(8, len(data.val)))), out / "data_overlays.png")
     steps["overlays"] = {"seconds": round(time.perf_counter() - start, 3), "file": overlay.name}
 
+    if "train" in config.run.steps:
+        from sskd_deploy.training.runner import run_training
+
+        start = time.perf_counter()
+        summary = run_training(config, data=data, console=console)
+        steps["train"] = {"seconds": round(time.perf_counter() - start, 1), "summary": "train/summary.json",
+                          "stages": {k: {"ap": v.get("ap"), "ap50": v.get("ap50")}
+                                     for k, v in summary["stages"].items()}}
+
     manifest = {
         "format": "sskd-deploy/run", "version": 1, "config_hash": config_hash(config),
         "data_hash": data.content_hash(), "steps": steps,
@@ -153,3 +162,16 @@ def describe_model(
     if json_out is not None:
         atomic_write_json(json_out, info.to_dict(), indent=2)
     return info.to_dict()
+
+
+def train_command(config: Config, *, stages: str | None, console: Console) -> dict:
+    """``train``: resolve (or generate) the data, then run the selected stages."""
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.training.runner import parse_stages, run_training
+
+    try:
+        chosen = parse_stages(stages, tuple(config.train.stages))
+    except ValueError as err:
+        raise SSKDError(f"--stages: {err}") from None
+    data = resolve_data(config.data, console=console)
+    return run_training(config, data=data, stages=chosen, console=console)

@@ -111,7 +111,7 @@ def test_run_main_job(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["run", "--set", "run.out_dir=out", "--set", "data.root=ds", "--set", "data.synth.num_train=10",
             "--set", "data.synth.num_val=4", "--set", "data.synth.image_size=[96,128]",
-            "--set", "data.synth.labeled_fraction=0.2"]
+            "--set", "data.synth.labeled_fraction=0.2", "--set", "run.steps=[]"]
     assert main(args) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["steps"]["check"]["problems"] == 0

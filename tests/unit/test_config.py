@@ -74,7 +74,7 @@ def test_every_mistake_is_in_one_error(tmp_path: Path) -> None:
         "data.synth.num_train: must be >= 1 (got 0)",
         "data.synth.num_val: must be an integer (got 'many')",
         "data.synth.colour: unknown key",
-        "extra: unknown key",
+        "extra: unknown key (did you mean 'train'?)",
     }
     assert str(path) in str(excinfo.value) and "6 problems" in str(excinfo.value)
 

@@ -1,0 +1,122 @@
+"""The ``train`` section of a run config: which models, which stages, their schedules and losses.
+
+Every default METHOD.md gives is a field here (lambda_pxl 0.1, lambda_semi 1, R = 200 negatives,
+temperature 0.3 -> 0.07, AdamW, backbone lr x0.1, poly schedule, gradient clipping, AMP on GPU,
+Guided-Distillation-style pseudo-label thresholds). Step counts are sized for the CPU demo on the
+synthetic world; the paper's schedules (90k iterations, batch 8) are a config change away.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from sskd_deploy.config_types import PathField, Section
+
+STAGES = ("teacher_1a", "teacher_1b", "student_2", "student_3", "supervised")
+
+
+class StageSchedule(Section):
+    """Length and batch of one stage; ``lr`` is the head learning rate (the encoder gets lr x mult)."""
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0)
+
+
+class OptimConfig(Section):
+    weight_decay: float = Field(0.05, ge=0)
+    # Encoder lr = lr x this. None: 0.1 (METHOD.md) when the encoder starts from pretrained weights,
+    # 1.0 when it is randomly initialised (a random encoder has nothing to preserve).
+    backbone_lr_mult: Optional[float] = Field(None, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    amp: bool = True  # used only on CUDA
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class PixelContrastConfig(Section):
+    """L_pxl (METHOD.md section 4)."""
+
+    num_negatives: int = Field(200, ge=1)
+    sampling: Literal["uniform", "mask", "class", "fused"] = "fused"
+    temperature_start: float = Field(0.3, gt=0)
+    temperature_end: float = Field(0.07, gt=0)
+    temperature_schedule: Literal["anneal", "fixed"] = "anneal"
+    hidden_dim: int = Field(256, ge=1)
+    embed_dim: int = Field(128, ge=1)
+    max_anchors: Optional[int] = Field(1024, ge=1)
+
+
+class PseudoLabelSection(Section):
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    class_threshold: float = Field(0.7, ge=0, le=1)
+    mask_threshold: float = Field(0.5, gt=0, lt=1)
+    min_area: int = Field(16, ge=0)
+    max_instances: int = Field(50, ge=1)
+    resolve_overlaps: bool = True
+    batch_size: int = Field(8, ge=1)
+
+
+class AugmentConfig(Section):
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    hflip_prob: float = Field(0.5, ge=0, le=1)
+
+
+class TrainConfig(Section):
+    student: str = "student-tiny"
+    teacher: str = "teacher-tiny"
+    input_size: Optional[tuple[int, int]] = (192, 256)  # overrides the presets' size; None keeps it
+    student_weights: Optional[PathField] = None  # pretrained encoder weights (HF dir or DINOv2 .pth)
+    teacher_weights: Optional[PathField] = None
+    stages: tuple[str, ...] = STAGES
+    lambda_pxl: float = Field(0.1, ge=0)
+    lambda_semi: float = Field(1.0, ge=0)
+    num_points: Optional[int] = Field(None, ge=1)  # point-sampled mask losses; None = full stride-4 masks
+    class_cost: Literal["ce", "prob"] = "ce"
+    # Sized for the 15-minute CPU demo. For 1b and stage 2, batch_size counts labeled + pseudo-labeled
+    # pairs, so 2 means 4 images per step.
+    teacher_1a: StageSchedule = StageSchedule(steps=250, batch_size=4, lr=5e-4)
+    teacher_1b: StageSchedule = StageSchedule(steps=250, batch_size=2, lr=5e-4)
+    student_2: StageSchedule = StageSchedule(steps=400, batch_size=2, lr=1e-3)
+    student_3: StageSchedule = StageSchedule(steps=100, batch_size=4, lr=2e-4)
+    supervised: Optional[StageSchedule] = None  # None: stage 2 + stage 3 steps, stage 2's batch and lr
+    optim: OptimConfig = OptimConfig()
+    pxl: PixelContrastConfig = PixelContrastConfig()
+    pseudo: PseudoLabelSection = PseudoLabelSection()
+    augment: AugmentConfig = AugmentConfig()
+    eval_batch_size: int = Field(8, ge=1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [s for s in value if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+        return value
+
+    @field_validator("student", "teacher")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from sskd_deploy.model_config import PRESETS
+
+        if value not in PRESETS:
+            raise ValueError(f"unknown model preset {value!r}; known: {', '.join(PRESETS)}")
+        return value
+
+    def backbone_lr_mult_for(self, role: str) -> float:
+        """The encoder lr multiplier of ``role`` ("student" or "teacher"), resolving ``None``."""
+        if self.optim.backbone_lr_mult is not None:
+            return self.optim.backbone_lr_mult
+        weights = self.student_weights if role == "student" else self.teacher_weights
+        return 0.1 if weights is not None else 1.0
+
+    def supervised_schedule(self) -> StageSchedule:
+        if self.supervised is not None:
+            return self.supervised
+        total = self.student_2.steps + self.student_3.steps
+        return StageSchedule(steps=total, batch_size=self.student_2.batch_size, lr=self.student_2.lr)

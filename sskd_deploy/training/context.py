@@ -1,0 +1,131 @@
+"""What every stage recipe shares: the config, the data by role, where outputs go, the device,
+and the small helpers that build models, samples and loss modules the same way for every stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sskd_deploy.config import Config
+from sskd_deploy.data.records import Dataset
+from sskd_deploy.data.sources import DataSources
+from sskd_deploy.errors import SSKDError
+from sskd_deploy.io import atomic_write_json
+from sskd_deploy.model_config import ModelConfig, model_preset
+from sskd_deploy.models.checkpoint import load_model, save_checkpoint
+from sskd_deploy.models.criterion import SetCriterion
+from sskd_deploy.models.maskformer import build_model
+from sskd_deploy.models.matcher import HungarianMatcher
+from sskd_deploy.spec import IOSpec
+from sskd_deploy.training.data import PairedSet, SegmentationSamples
+
+COMPLETE = "complete.json"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainContext:
+    config: Config
+    data: DataSources
+    root: Path  # <run>/train
+    device: torch.device
+    console: Any = None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def train(self):
+        return self.config.train
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.data.labeled.categories.names)
+
+    def log(self, message: str) -> None:
+        if self.console is not None and self.is_main:
+            self.console.print(message)
+
+    def model_config(self, role: str) -> ModelConfig:
+        """The student or teacher preset, sized for the data's classes and the run's input size."""
+        name = self.train.student if role == "student" else self.train.teacher
+        weights = self.train.student_weights if role == "student" else self.train.teacher_weights
+        config = model_preset(name).with_classes(len(self.class_names))
+        changes: dict[str, Any] = {"encoder": {"weights": None if weights is None else str(weights)}}
+        if self.train.input_size is not None:
+            changes["input_size"] = tuple(self.train.input_size)
+        return config.updated(**changes)
+
+    def spec(self, config: ModelConfig) -> IOSpec:
+        return IOSpec.from_model_config(config, self.class_names)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def initial_weights(self, role: str) -> Path:
+        """theta_0 of a role, written once (seeded) so stage 1b can re-initialise to exactly it."""
+        path = self.root / "init" / f"{role}.safetensors"
+        if not path.is_file():
+            config = self.model_config(role)
+            torch.manual_seed(self.config.run.seed + (0 if role == "student" else 1))
+            if self.is_main:
+                save_checkpoint(path, model=build_model(config), config=config, spec=self.spec(config))
+        return path
+
+    def load(self, checkpoint: Path, role: str) -> torch.nn.Module:
+        model, _ = load_model(checkpoint, expect=self.model_config(role))
+        return model.to(self.device)
+
+    def samples(self, dataset: Dataset, salt: int, *, ground_truth: bool = True) -> SegmentationSamples:
+        augment = self.train.augment
+        return SegmentationSamples(
+            dataset=dataset, input_size=tuple(self.model_config("student").input_size),
+            seed=self.config.run.seed * 7919 + salt, scale_range=augment.scale_range, hflip_prob=augment.hflip_prob,
+            ground_truth=ground_truth,
+        )
+
+    def paired(self, pseudo: Dataset, salt: int) -> PairedSet:
+        return PairedSet(
+            labeled=self.samples(self.data.labeled, salt),
+            unlabeled=self.samples(pseudo, salt + 1, ground_truth=False), seed=self.config.run.seed,
+        )
+
+    def criterion(self) -> SetCriterion:
+        t = self.train
+        matcher = HungarianMatcher(num_points=t.num_points, class_cost=t.class_cost)
+        return SetCriterion(num_classes=len(self.class_names), matcher=matcher, num_points=t.num_points)
+
+
+def read_complete(stage_dir: Path) -> dict | None:
+    """The stage's completion record, or ``None`` when the stage has not finished."""
+    marker = stage_dir / COMPLETE
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def mark_complete(stage_dir: Path, record: dict) -> None:
+    """Written last: a stage directory without it is never taken as finished."""
+    atomic_write_json(stage_dir / COMPLETE, record, indent=2)
+
+
+def require_stage(ctx: TrainContext, stage: str, needed_by: str) -> Path:
+    record = read_complete(ctx.stage_dir(stage))
+    if record is None:
+        raise SSKDError(f"stage {needed_by} needs the output of stage {stage}, which has not completed: run it first")
+    return ctx.stage_dir(stage) / record["checkpoint"]
