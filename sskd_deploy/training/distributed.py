@@ -63,9 +63,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Destroy the process group if one exists (safe to call more than once)."""
+def cleanup(*, synchronize: bool = True) -> None:
+    """Destroy the process group if one exists (safe to call more than once).
+
+    On a clean exit (``synchronize``) every rank first meets at a barrier: a rank that tears gloo
+    down while a peer is still in its last collective makes that peer abort. After an error, pass
+    ``synchronize=False`` so a failing rank never waits for peers that will not arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -51,8 +51,10 @@ def run_training(config: Config, *, data, stages: tuple[str, ...] | None = None,
             start = time.perf_counter()
             records[stage] = RECIPES[stage](ctx)
             timings[stage] = round(time.perf_counter() - start, 1)
-    finally:
-        cleanup()
+    except BaseException:
+        cleanup(synchronize=False)
+        raise
+    cleanup()
     summary = {"order": list(records), "stages": records, "wall_seconds": timings}
     if ctx.is_main:
         atomic_write_json(root / "summary.json", summary, indent=2)

@@ -60,8 +60,10 @@ try:
     results.mkdir(parents=True, exist_ok=True)
     torch.save({"seen": data.seen, "model": model.state_dict(), "scale": scale.state_dict(),
                 "resumed_from": result.resumed_from, "world": world}, results / f"rank{rank}.pt")
-finally:
-    cleanup()
+except BaseException:
+    cleanup(synchronize=False)
+    raise
+cleanup()
 '''
 
 
