@@ -89,6 +89,86 @@ def train(
     train_command(_load_config(config, set_), stages=stages, console=_console())
 
 
+@app.command()
+def export(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint (default: the run's latest student).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Artifact directory (default: <run>/export).")] = None,
+    int8: Annotated[Optional[bool], typer.Option("--int8/--no-int8", help="Also write the INT8 Q/DQ graph.")] = None,
+    fp16: Annotated[Optional[bool], typer.Option("--fp16/--no-fp16", help="Also write the FP16 graph.")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (default: unlabeled split).")] = None,
+    calib_count: Annotated[Optional[int], typer.Option(help="Calibration images to use.")] = None,
+    calib_method: Annotated[Optional[str], typer.Option(help="minmax | entropy | percentile.")] = None,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Ignore the calibration cache.")] = False,
+    max_ap_drop: Annotated[Optional[float], typer.Option(help="INT8 AP budget in points (default 1.0).")] = None,
+    mixed: Annotated[Optional[bool], typer.Option("--mixed/--no-mixed", help="AP-budgeted mixed precision.")] = None,
+    tensorrt: Annotated[Optional[str], typer.Option(help="Build TensorRT engines: auto | on | off.")] = None,
+    verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Run the parity gate.")] = None,
+) -> None:
+    """Compile the student: ONNX FP32, FP16, INT8 (calibrated on unlabeled images) and TensorRT engines,
+    with a manifest and the parity gate against PyTorch (exit 1 when a budget is broken)."""
+    from sskd_deploy.pipeline import export_command
+
+    flags = {"export.checkpoint": checkpoint, "export.out_dir": out, "export.int8": int8, "export.fp16": fp16,
+             "export.calibration.images": calib, "export.calibration.count": calib_count,
+             "export.calibration.method": calib_method, "export.budgets.int8_ap": max_ap_drop,
+             "export.mixed_precision": mixed, "export.tensorrt": tensorrt, "export.verify": verify}
+    overrides = [*(set_ or []), *(f"{k}={_yaml_scalar(v)}" for k, v in flags.items() if v is not None)]
+    manifest = export_command(_load_config(config, overrides), console=_console(), recalibrate=recalibrate)
+    if not manifest.get("parity", {"ok": True})["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify_cmd(
+    artifact_dir: Annotated[Path, typer.Argument(help="Directory written by sskd-deploy export.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    max_ap_drop: Annotated[Optional[float], typer.Option(help="INT8 AP budget in points (default 1.0).")] = None,
+    split: Annotated[str, typer.Option(help="val, or labeled (the training labels: a sanity check where the "
+                                            "model's AP is high).")] = "val",
+) -> None:
+    """Parity gate: the val split through PyTorch and every compiled form in ARTIFACT_DIR; tensor
+    differences, decision agreement and mask AP; parity.json + parity.md; exit 1 on a broken budget."""
+    from sskd_deploy.pipeline import verify_command
+
+    overrides = [*(set_ or []), *([f"export.budgets.int8_ap={max_ap_drop}"] if max_ap_drop is not None else [])]
+    report = verify_command(artifact_dir, _load_config(config, overrides), console=_console(), split=split)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    artifact_dir: Annotated[Optional[Path], typer.Argument(help="Export directory (default: <run>/export if any).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model: Annotated[Optional[list[str]], typer.Option(help="Also time a preset with random weights (repeatable).")] = None,
+    batch: Annotated[int, typer.Option(help="Images per call.")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads for every runner.")] = 2,
+    iters: Annotated[int, typer.Option(help="Timed calls per runner.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 3,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON to write (a CSV goes beside it).")] = None,
+) -> None:
+    """Latency p50/p90/p99 and throughput of PyTorch eager FP32 and every ONNX Runtime graph, same input."""
+    from sskd_deploy.pipeline import bench_command
+
+    bench_command(_load_config(config, set_), artifact_dir, models=list(model or []), batch=batch, threads=threads,
+                  iters=iters, warmup=warmup, out=out, console=_console())
+
+
+def _yaml_scalar(value: object) -> str:
+    """A CLI flag value as the YAML text an override expects (paths stay text, booleans lower-case)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))  # quoted: YAML would read a bare `on`/`off` as a boolean
+
+
 @config_app.command("check")
 def config_check(
     file: Annotated[Path, typer.Argument(help="YAML config to validate.")],

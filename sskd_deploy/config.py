@@ -24,6 +24,7 @@ from sskd_deploy.config_io import dump_yaml, read_yaml, show_value, validation_p
 from sskd_deploy.config_types import Count, Fraction, PathField, Section, Seed, Side, SplitFraction
 from sskd_deploy.errors import ConfigError
 from sskd_deploy.io import dumps_json
+from sskd_deploy.export_config import ExportConfig
 from sskd_deploy.train_config import TrainConfig
 
 
@@ -112,6 +113,7 @@ class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
 
 def _rule_fallback(data: Mapping[str, Any], problems: list[str]) -> list[str]:

@@ -175,3 +175,176 @@ def train_command(config: Config, *, stages: str | None, console: Console) -> di
         raise SSKDError(f"--stages: {err}") from None
     data = resolve_data(config.data, console=console)
     return run_training(config, data=data, stages=chosen, console=console)
+
+
+def latest_student(config: Config) -> Path:
+    """The checkpoint ``export`` takes by default: stage 3 of the run, else stage 2 (with a warning)."""
+    import json
+    import warnings
+
+    root = Path(config.run.out_dir) / "train"
+    for stage in ("student_3", "student_2"):
+        marker = root / stage / "complete.json"
+        if marker.is_file():
+            if stage == "student_2":
+                warnings.warn(f"{root / 'student_3'} has not completed; exporting the stage-2 student", stacklevel=2)
+            return root / stage / json.loads(marker.read_text())["checkpoint"]
+    raise SSKDError(f"no trained student in {root} (stage student_3 or student_2 complete): run "
+                    "`sskd-deploy train` first, or name a checkpoint with --checkpoint / export.checkpoint")
+
+
+def check_checkpoint_matches(checkpoint: Path, config: Config, class_names: tuple[str, ...]) -> None:
+    """The checkpoint's IOSpec must fit the data and input size the config describes."""
+    from sskd_deploy.errors import InputError
+    from sskd_deploy.models.checkpoint import read_checkpoint
+
+    spec = read_checkpoint(checkpoint).spec
+    problems = []
+    if tuple(spec.class_names) != tuple(class_names):
+        problems.append(f"classes {list(spec.class_names)} but the config's data has {list(class_names)}")
+    wanted = config.train.input_size
+    if wanted is not None and tuple(spec.input_size) != tuple(wanted):
+        problems.append(f"input_size {list(spec.input_size)} but train.input_size is {list(wanted)}")
+    if problems:
+        raise InputError(checkpoint, "IOSpec disagrees with the config: " + "; ".join(problems))
+
+
+def _export_request(config: Config, *, console: Console, overwrite: bool, recalibrate: bool):
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.export.artifact import ExportRequest
+
+    data = resolve_data(config.data, console=console)
+    checkpoint = Path(config.export.checkpoint) if config.export.checkpoint else latest_student(config)
+    check_checkpoint_matches(checkpoint, config, tuple(data.labeled.categories.names))
+    calib = config.export.calibration.images
+    source = Path(calib) if calib is not None else [r.path for r in data.unlabeled.records]
+    out = Path(config.export.out_dir) if config.export.out_dir else Path(config.run.out_dir) / "export"
+    return ExportRequest(checkpoint=checkpoint, out_dir=out, config=config.export, val=data.val,
+                         calibration_source=source, cache_dir=Path(config.run.out_dir) / "cache" / "calibration",
+                         recalibrate=recalibrate, overwrite=overwrite)
+
+
+def export_command(config: Config, *, console: Console, overwrite: bool = True, recalibrate: bool = False) -> dict:
+    """``export``: checkpoint -> artifact directory (ONNX FP32/FP16/INT8, engines, manifest, parity)."""
+    from sskd_deploy.export.artifact import export_artifact
+
+    req = _export_request(config, console=console, overwrite=overwrite, recalibrate=recalibrate)
+    console.print(f"exporting {req.checkpoint} -> {req.out_dir}")
+    manifest = export_artifact(req, log=console.print)
+    if "parity" in manifest:
+        print_parity(manifest["parity"], console)
+    console.print(f"[green]wrote[/green] {req.out_dir} ({manifest['export_seconds']} s)")
+    return manifest
+
+
+def verify_command(artifact_dir: Path, config: Config, *, console: Console, split: str = "val") -> dict:
+    """``verify``: the parity gate on a finished artifact directory, on the config's val (or labeled) split."""
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.export.artifact import verify_artifact
+
+    data = resolve_data(config.data, console=console)
+    if split not in ("val", "labeled"):
+        raise SSKDError(f"--split: expected val or labeled, got {split!r}")
+    dataset = data.val if split == "val" else data.labeled
+    report = verify_artifact(Path(artifact_dir), dataset, config=config.export, log=console.print,
+                             report_name="parity" if split == "val" else f"parity_{split}")
+    print_parity(report, console)
+    return report
+
+
+def print_parity(report: dict, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"parity on {report['split']} ({report['images']} images); AP in points")
+    for column in ("runner", "AP", "AP50", "drop", "max|dscore|", "sorted", "agree", "verdict"):
+        table.add_column(column, justify="left" if column in ("runner", "verdict") else "right", no_wrap=True)
+
+    def fmt(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    for row in report["rows"]:
+        t, d = row.get("tensors", {}), row.get("decisions", {})
+        verdict = "ref" if "ok" not in row else ("[green]pass[/green]" if row["ok"] else "[red]FAIL[/red]")
+        table.add_row(row["runner"], fmt(row["ap"]), fmt(row["ap50"]), fmt(row.get("ap_drop"), 3),
+                      fmt(t.get("max_abs_score_diff"), 5), fmt(t.get("max_abs_sorted_score_diff"), 5),
+                      fmt(d.get("agreement"), 3), verdict)
+    console.print(table)
+    providers = ", ".join(f"{r['runner']}: {r['provider'] or r['backend']}" for r in report["rows"])
+    console.print(f"providers: {providers}. 'sorted': max |score diff| after sorting each image's scores; "
+                  "'agree': detections above 0.5 matched by label and mask IoU >= 0.5.", soft_wrap=True)
+    for skipped in report.get("skipped", []):
+        console.print(f"skipped {skipped['runner']}: {skipped['reason']}", soft_wrap=True)
+
+
+def bench_command(
+    config: Config, artifact_dir: Path | None, *, models: list[str], batch: int, threads: int, iters: int,
+    warmup: int, out: Path | None, console: Console,
+) -> dict:
+    """``bench``: latency rows (PyTorch eager, ONNX Runtime FP32/FP16/INT8) at one batch and thread count."""
+    import csv
+    import io
+
+    import torch
+
+    from sskd_deploy.bench.latency import add_speedups, bench_runners
+    from sskd_deploy.bench.models import artifact_runners, random_model_runners
+    from sskd_deploy.data.image_io import read_image
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.preprocess import preprocess_batch
+    from sskd_deploy.provenance import environment, library_versions
+
+    torch.set_num_threads(threads)
+    data = resolve_data(config.data, console=console)
+    run_dir = Path(config.run.out_dir)
+    sources = [r.path for r in data.unlabeled.records]
+    groups = []
+    artifact_dir = artifact_dir or (run_dir / "export" if (run_dir / "export" / "manifest.json").is_file() else None)
+    if artifact_dir is not None:
+        runners = artifact_runners(Path(artifact_dir), threads=threads)
+        groups.append((next(iter(runners.values())).spec.model_name + " (trained)", runners))
+    for preset in models:
+        runners = random_model_runners(preset, run_dir / "bench" / "graphs", num_classes=len(data.labeled.categories),
+                                       threads=threads, calibration_images=sources, log=console.print)
+        groups.append((preset + " (random weights)", runners))
+    if not groups:
+        raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first) and no --model")
+    rows = []
+    for label, runners in groups:
+        spec = next(iter(runners.values())).spec
+        images, _ = preprocess_batch([read_image(p) for p in (sources * batch)[:batch]], spec.input_size)
+        console.print(f"[bold]{label}[/bold] at {spec.input_size[0]}x{spec.input_size[1]}, batch {batch}, "
+                      f"{threads} threads")
+        for row in bench_runners(runners, images, iters=iters, warmup=warmup, log=console.print):
+            rows.append({"model": label, "threads": threads, **row})
+        for runner in runners.values():
+            runner.close()
+    add_speedups(rows, "torch-fp32")
+    result = {"format": "sskd-deploy/bench", "version": 1, "rows": rows, "versions": library_versions(),
+              "environment": environment(), "settings": {"batch": batch, "threads": threads, "iters": iters,
+                                                         "warmup": warmup}}
+    out = out or run_dir / "bench" / "latency.json"
+    atomic_write_json(out, result, indent=2)
+    fields = ["model", "runner", "precision", "provider", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+              "throughput_ips", "speedup_vs_torch-fp32"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out.with_suffix(".csv"), text.getvalue())
+    print_bench(rows, console)
+    console.print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return result
+
+
+def print_bench(rows: list[dict], console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title="latency (ms) per call; speed-up = torch-fp32 p50 / p50")
+    for column in ("model", "runner", "provider", "p50", "p90", "p99", "img/s", "speed-up"):
+        table.add_column(column, justify="left" if column in ("model", "runner", "provider") else "right")
+    for r in rows:
+        speedup = r.get("speedup_vs_torch-fp32")
+        table.add_row(r["model"], r["runner"], r["provider"] or r["backend"], f"{r['p50_ms']:.1f}",
+                      f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['throughput_ips']:.2f}",
+                      "n/a" if speedup is None else f"{speedup:.2f}x")
+    console.print(table)

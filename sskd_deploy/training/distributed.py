@@ -12,6 +12,7 @@ does not depend on how many processes share it (up to float summation order).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -71,6 +72,10 @@ def cleanup(*, synchronize: bool = True) -> None:
     ``synchronize=False`` so a failing rank never waits for peers that will not arrive.
     """
     if dist.is_available() and dist.is_initialized():
+        # A DDP wrapper left in a reference cycle keeps gloo work objects (holding tensors) alive
+        # until interpreter shutdown, where freeing them needs the GIL and aborts the process:
+        # collect them while the process group and the interpreter are still whole.
+        gc.collect()
         if synchronize:
             dist.barrier()
         dist.destroy_process_group()

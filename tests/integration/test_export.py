@@ -1,0 +1,129 @@
+"""``sskd-deploy export`` / ``verify`` / ``bench`` end to end on a tiny run: the artifact directory,
+its manifest and parity report, the gate's exit code, and bad input that must leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sskd_deploy.cli import main
+
+TINY = """
+run: {{out_dir: {out}, seed: 0, steps: []}}
+data:
+  root: {root}
+  synth: {{seed: 1, num_train: 10, num_val: 3, labeled_fraction: 0.3, image_size: [64, 96]}}
+train: {{input_size: [64, 96]}}
+export:
+  max_batch: 4
+  calibration: {{count: 6, min_images: 4, batch_size: 4}}
+"""
+
+
+def _student(run: Path, class_names: tuple[str, ...], stage: str = "student_3") -> Path:
+    """A seeded random student-tiny where a finished training run would leave it."""
+    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.models.checkpoint import save_checkpoint
+    from sskd_deploy.models.maskformer import build_model
+    from sskd_deploy.spec import IOSpec
+
+    config = model_preset("student-tiny").with_classes(len(class_names)).updated(input_size=(64, 96))
+    torch.manual_seed(0)
+    out = run / "train" / stage
+    save_checkpoint(out / "model.safetensors", model=build_model(config), config=config,
+                    spec=IOSpec.from_model_config(config, class_names))
+    (out / "complete.json").write_text(json.dumps({"checkpoint": "model.safetensors", "stage": stage}))
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(config file, run dir) with generated data and no student yet."""
+    tmp = tmp_path_factory.mktemp("export")
+    config = tmp / "export.yaml"
+    config.write_text(TINY.format(out=tmp / "run", root=tmp / "synth"))
+    assert main(["run", "--config", str(config)]) == 0
+    return config, tmp / "run"
+
+
+def _class_names(config: Path) -> tuple[str, ...]:
+    from sskd_deploy.config import load_config
+    from sskd_deploy.data.sources import resolve_data
+
+    return tuple(resolve_data(load_config(config).data).labeled.categories.names)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run) -> tuple[Path, Path]:
+    config, run = tiny_run
+    assert main(["export", "--config", str(config)]) == 2  # no trained student yet: a clear error
+    _student(run, _class_names(config))
+    assert main(["export", "--config", str(config), "--int8"]) == 0
+    return config, run / "export"
+
+
+@pytest.mark.slow
+def test_export_writes_every_form_with_manifest_and_parity(exported) -> None:
+    _, artifact = exported
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    files = manifest["files"]
+    assert {"model.safetensors", "model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx"} <= set(files)
+    assert {files[f]["precision"] for f in ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx")} == {
+        "fp32", "fp16", "int8"}
+    assert manifest["int8"]["calibration"]["images"] and manifest["tensorrt"]["skipped"]
+    parity = json.loads((artifact / "parity.json").read_text())
+    runners = {row["runner"]: row for row in parity["rows"]}
+    assert {"torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp16"} <= set(runners)
+    fp32 = runners["onnxruntime-fp32"]
+    assert fp32["ok"] and fp32["tensors"]["max_abs_score_diff"] < 1e-3 and fp32["tensors"]["label_agreement"] > 0.99
+    assert (artifact / "parity.md").read_text().startswith("# Parity")
+    assert not artifact.with_name("export.partial").exists()
+
+
+@pytest.mark.slow
+def test_verify_rechecks_and_a_broken_budget_exits_1(exported) -> None:
+    config, artifact = exported
+    assert main(["verify", str(artifact), "--config", str(config)]) == 0
+    # no float graph reproduces PyTorch bit for bit: a zero score budget must fail the gate
+    assert main(["verify", str(artifact), "--config", str(config), "--set", "export.budgets.fp32_score=0.0"]) == 1
+    report = json.loads((artifact / "parity.json").read_text())
+    assert not report["ok"]
+
+
+@pytest.mark.slow
+def test_bench_times_every_runner(exported, tmp_path) -> None:
+    config, artifact = exported
+    out = tmp_path / "latency.json"
+    assert main(["bench", str(artifact), "--config", str(config), "--iters", "2", "--warmup", "1", "--out",
+                 str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {"torch-fp32", "onnxruntime-fp32", "onnxruntime-int8"} <= {r["runner"] for r in rows}
+    assert all(r["p50_ms"] > 0 and r["threads"] == 2 for r in rows)
+    assert out.with_suffix(".csv").read_text().startswith("model,runner")
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_cleanly_and_leave_nothing(exported, tmp_path, capsys) -> None:
+    config, _ = exported
+    out = tmp_path / "art"
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a checkpoint")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "checkpoint": ["--checkpoint", str(corrupt)],
+        "calibration": ["--int8", "--no-mixed", "--calib", str(empty)],
+        "missing": ["--checkpoint", str(tmp_path / "nope.safetensors")],
+    }
+    for name, args in cases.items():
+        code = main(["export", "--config", str(config), "--out", str(out), *args])
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert "error" in err and not out.exists() and not out.with_name("art.partial").exists(), name
+    # a checkpoint whose classes disagree with the data
+    other = _student(tmp_path / "other", ("a", "b"))
+    assert main(["export", "--config", str(config), "--out", str(out), "--checkpoint", str(other)]) == 2
+    assert "IOSpec disagrees" in capsys.readouterr().err and not out.exists()
