@@ -28,14 +28,14 @@ from sskd_deploy.export_config import ExportConfig
 from sskd_deploy.train_config import TrainConfig
 
 
-PIPELINE_STEPS = ("train",)
+PIPELINE_STEPS = ("train", "export")
 
 
 class RunConfig(Section):
     out_dir: PathField = Path("runs/default")
     seed: Seed = 0
-    # What the main job does after preparing the data, in order (export, bench, report join later).
-    steps: tuple[Literal["train"], ...] = PIPELINE_STEPS
+    # What the main job does after preparing the data, in order (serve, bench, report join later).
+    steps: tuple[Literal["train", "export"], ...] = PIPELINE_STEPS
 
 
 class SynthConfig(Section):

@@ -49,7 +49,7 @@ class ExportConfig(Section):
     out_dir: Optional[PathField] = None  # null: <run.out_dir>/export
     opset: Annotated[int, Strict(), Field(ge=17)] = 18
     max_batch: Count = 8  # dynamic batch range 1..max_batch (the TensorRT profile's max)
-    int8: bool = False
+    int8: bool = True  # --int8/--no-int8
     fp16: bool = True
     mixed_precision: bool = True  # keep the most AP-sensitive blocks in float until budgets.int8_ap holds
     tensorrt: Switch = "auto"  # auto: build engines when TensorRT and a GPU are present

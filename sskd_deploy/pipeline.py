@@ -122,6 +122,16 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
                           "stages": {k: {"ap": v.get("ap"), "ap50": v.get("ap50")}
                                      for k, v in summary["stages"].items()}}
 
+    if "export" in config.run.steps:
+        start = time.perf_counter()
+        exported = export_command(config, console=console)
+        parity = exported.get("parity", {})
+        steps["export"] = {"seconds": round(time.perf_counter() - start, 1), "artifact": "export/manifest.json",
+                           "parity_ok": parity.get("ok"),
+                           "ap": {r["runner"]: r["ap"] for r in parity.get("rows", [])}}
+        if parity and not parity["ok"]:
+            raise SSKDError(f"export parity gate failed: see {Path(config.run.out_dir) / 'export' / 'parity.md'}")
+
     manifest = {
         "format": "sskd-deploy/run", "version": 1, "config_hash": config_hash(config),
         "data_hash": data.content_hash(), "steps": steps,
@@ -255,9 +265,13 @@ def verify_command(artifact_dir: Path, config: Config, *, console: Console, spli
 def print_parity(report: dict, console: Console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"parity on {report['split']} ({report['images']} images); AP in points")
-    for column in ("runner", "AP", "AP50", "drop", "max|dscore|", "sorted", "agree", "verdict"):
-        table.add_column(column, justify="left" if column in ("runner", "verdict") else "right", no_wrap=True)
+    from rich import box
+
+    table = Table(title=f"parity on {report['split']} ({report['images']} images); AP in points", box=box.SIMPLE,
+                  pad_edge=False)
+    for column in ("runner", "AP", "AP50", "drop", "max|dscore|", "agree", "verdict"):
+        table.add_column(column, justify="left" if column in ("runner", "verdict") else "right", no_wrap=True,
+                         min_width=16 if column == "runner" else max(len(column), 6))
 
     def fmt(value, digits=2):
         return "n/a" if value is None else f"{value:.{digits}f}"
@@ -266,11 +280,10 @@ def print_parity(report: dict, console: Console) -> None:
         t, d = row.get("tensors", {}), row.get("decisions", {})
         verdict = "ref" if "ok" not in row else ("[green]pass[/green]" if row["ok"] else "[red]FAIL[/red]")
         table.add_row(row["runner"], fmt(row["ap"]), fmt(row["ap50"]), fmt(row.get("ap_drop"), 3),
-                      fmt(t.get("max_abs_score_diff"), 5), fmt(t.get("max_abs_sorted_score_diff"), 5),
-                      fmt(d.get("agreement"), 3), verdict)
+                      fmt(t.get("max_abs_score_diff"), 5), fmt(d.get("agreement"), 3), verdict)
     console.print(table)
     providers = ", ".join(f"{r['runner']}: {r['provider'] or r['backend']}" for r in report["rows"])
-    console.print(f"providers: {providers}. 'sorted': max |score diff| after sorting each image's scores; "
+    console.print(f"providers: {providers}. "
                   "'agree': detections above 0.5 matched by label and mask IoU >= 0.5.", soft_wrap=True)
     for skipped in report.get("skipped", []):
         console.print(f"skipped {skipped['runner']}: {skipped['reason']}", soft_wrap=True)
@@ -305,7 +318,7 @@ def bench_command(
     for preset in models:
         runners = random_model_runners(preset, run_dir / "bench" / "graphs", num_classes=len(data.labeled.categories),
                                        threads=threads, calibration_images=sources, log=console.print)
-        groups.append((preset + " (random weights)", runners))
+        groups.append((preset + " (random)", runners))
     if not groups:
         raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first) and no --model")
     rows = []
@@ -339,12 +352,15 @@ def bench_command(
 def print_bench(rows: list[dict], console: Console) -> None:
     from rich.table import Table
 
-    table = Table(title="latency (ms) per call; speed-up = torch-fp32 p50 / p50")
-    for column in ("model", "runner", "provider", "p50", "p90", "p99", "img/s", "speed-up"):
-        table.add_column(column, justify="left" if column in ("model", "runner", "provider") else "right")
+    from rich import box
+
+    table = Table(title="latency (ms) per call; speed-up = torch-fp32 p50 / p50", box=box.SIMPLE, pad_edge=False)
+    for column in ("model", "runner", "p50", "p90", "p99", "img/s", "speed-up"):
+        table.add_column(column, justify="left" if column in ("model", "runner") else "right",
+                         no_wrap=column != "model", min_width={"model": 8, "runner": 16}.get(column, 7))
     for r in rows:
         speedup = r.get("speedup_vs_torch-fp32")
-        table.add_row(r["model"], r["runner"], r["provider"] or r["backend"], f"{r['p50_ms']:.1f}",
+        table.add_row(r["model"], r["runner"], f"{r['p50_ms']:.1f}",
                       f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['throughput_ips']:.2f}",
                       "n/a" if speedup is None else f"{speedup:.2f}x")
     console.print(table)

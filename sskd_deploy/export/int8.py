@@ -11,7 +11,8 @@ ViT encoder's linear layers and attention products, the decoder's convolutions, 
 decoder). Element-wise ops, normalisations, Softmax and Resize stay float: int8 gains nothing
 there on CPU or in TensorRT (which fuses them into the neighbouring kernels), and each extra
 Q/DQ pair would add rounding error. ConvTranspose (two small upsampling layers) stays float:
-ONNX Runtime's CPU provider has no int8 kernel for it. The deploy wrapper's selection tail
+quantized, ONNX Runtime 1.32's CPU provider still runs it as DQ -> float ConvTranspose -> Q (checked
+on student-tiny), i.e. slower than float. The deploy wrapper's selection tail
 (``/select/...``: softmax, top-k, gathers) is never quantized.
 
 Calibration ranges are cached in ``cache_dir/<calibration_key>.json`` (ONNX Runtime's own cache

@@ -104,12 +104,33 @@ def name_nodes_by_module(model: onnx.ModelProto) -> None:
             node.name = f"{prefix}/{node.name}"
 
 
+@contextlib.contextmanager
+def _eager_attention(module: torch.nn.Module):
+    """Export Hugging Face attention as plain matmul + softmax.
+
+    SDPA exports as a "safe" softmax (Softmax, then IsNaN + Where over the whole attention
+    matrix to zero fully masked rows). The ViT never masks, so those two ops are pure cost: at
+    512x1024 they took a third of ONNX Runtime's time. Eager attention computes the same values.
+    """
+    switched = []
+    for sub in module.modules():
+        if hasattr(sub, "set_attn_implementation") and getattr(sub.config, "_attn_implementation", None) != "eager":
+            switched.append((sub, sub.config._attn_implementation))
+            sub.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        for sub, previous in switched:
+            sub.set_attn_implementation(previous)
+
+
 def _export_graph(wrapper: DeployWrapper, opset: int, max_batch: int) -> onnx.ModelProto:
     spec = wrapper.spec
     example = torch.zeros((2, 3, *spec.input_size), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     quiet = io.StringIO()
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_loggers(), \
+            _eager_attention(wrapper):
         warnings.simplefilter("ignore")  # exporter chatter about constant folding and deprecations
         program = torch.onnx.export(
             wrapper.eval(), (example,), None, input_names=[spec.input_name], output_names=list(spec.output_names),

@@ -127,3 +127,18 @@ def test_bad_inputs_fail_cleanly_and_leave_nothing(exported, tmp_path, capsys) -
     other = _student(tmp_path / "other", ("a", "b"))
     assert main(["export", "--config", str(config), "--out", str(out), "--checkpoint", str(other)]) == 2
     assert "IOSpec disagrees" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.slow
+def test_verify_refuses_an_edited_artifact(exported, tmp_path, capsys) -> None:
+    import shutil
+
+    config, artifact = exported
+    copy = tmp_path / "edited"
+    shutil.copytree(artifact, copy)
+    graph = copy / "model_int8.onnx"
+    graph.write_bytes(graph.read_bytes()[:-16])  # truncated after export
+    assert main(["verify", str(copy), "--config", str(config)]) == 2
+    assert "does not match the manifest" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "nothing-here"), "--config", str(config)]) == 2
+    assert "no export manifest" in capsys.readouterr().err
