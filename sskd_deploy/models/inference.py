@@ -7,26 +7,29 @@ compared against.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.records import Dataset
-from sskd_deploy.evaluation import EvalResult, evaluate_instances
+from sskd_deploy.evaluation import EvalResult
 from sskd_deploy.models.deploy import DeployWrapper
-from sskd_deploy.postprocess import postprocess_batch
-from sskd_deploy.preprocess import preprocess_batch
+from sskd_deploy.prediction import evaluate_dataset, predict_batches
 from sskd_deploy.structures import Instances
 
 
-def _batches(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
+def _batch_fn(wrapper: DeployWrapper, device: str | torch.device):
+    wrapper.eval()
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray):
+        scores, labels, masks = wrapper(torch.from_numpy(batch).to(device))
+        return scores.cpu().numpy(), labels.cpu().numpy(), masks.cpu().numpy()
+
+    return run
 
 
-@torch.inference_mode()
 def predict_images(
     wrapper: DeployWrapper,
     images: Sequence[np.ndarray],
@@ -36,16 +39,8 @@ def predict_images(
     device: str | torch.device = "cpu",
 ) -> list[Instances]:
     """Preprocess, run the wrapper, postprocess: RGB uint8 ``(H, W, 3)`` images -> Instances at their own size."""
-    spec = wrapper.spec
-    results: list[Instances] = []
-    wrapper.eval()
-    for index in _batches(len(images), batch_size):
-        batch, infos = preprocess_batch([images[i] for i in index], spec.input_size)
-        scores, labels, masks = wrapper(torch.from_numpy(batch).to(device))
-        results += postprocess_batch(
-            scores.cpu().numpy(), labels.cpu().numpy(), masks.cpu().numpy(), infos, score_threshold=score_threshold
-        )
-    return results
+    return predict_batches(_batch_fn(wrapper, device), wrapper.spec.input_size, images, batch_size=batch_size,
+                           score_threshold=score_threshold)
 
 
 def evaluate_wrapper(
@@ -57,12 +52,5 @@ def evaluate_wrapper(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[EvalResult, dict[int, Instances]]:
     """Mask AP of ``wrapper`` on a labeled ``dataset``; also returns the predictions by image id."""
-    predictions: dict[int, Instances] = {}
-    records = dataset.records
-    for index in _batches(len(records), batch_size):
-        chunk = [records[i] for i in index]
-        outs = predict_images(wrapper, [read_image(r.path) for r in chunk], batch_size=batch_size, device=device)
-        predictions.update({r.image_id: inst for r, inst in zip(chunk, outs)})
-        if progress is not None:
-            progress(index.stop, len(records))
-    return evaluate_instances(dataset, predictions), predictions
+    return evaluate_dataset(_batch_fn(wrapper, device), wrapper.spec.input_size, dataset, batch_size=batch_size,
+                            progress=progress)

@@ -9,17 +9,15 @@ runners can only disagree because their graphs compute different numbers. The co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.records import Dataset
-from sskd_deploy.evaluation import EvalResult, evaluate_instances
-from sskd_deploy.postprocess import postprocess_batch
-from sskd_deploy.preprocess import preprocess_batch
+from sskd_deploy.evaluation import EvalResult
+from sskd_deploy.prediction import evaluate_dataset, predict_batches
 from sskd_deploy.spec import IOSpec
 from sskd_deploy.structures import Instances
 
@@ -91,31 +89,15 @@ def run_batched(runner: Runner, images: np.ndarray, batch_size: int | None = Non
     return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
 
 
-def _chunks(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
-
-
 def predict_with(runner: Runner, images: Sequence[np.ndarray], *, batch_size: int = 8,
                  score_threshold: float = 0.0) -> list[Instances]:
     """Preprocess, run, postprocess: RGB uint8 ``(H, W, 3)`` images -> Instances at their own size."""
-    results: list[Instances] = []
-    for index in _chunks(len(images), min(batch_size, runner.max_batch)):
-        batch, infos = preprocess_batch([images[i] for i in index], runner.spec.input_size)
-        scores, labels, masks = runner.run(batch)
-        results += postprocess_batch(scores, labels, masks, infos, score_threshold=score_threshold)
-    return results
+    return predict_batches(runner.run, runner.spec.input_size, images, batch_size=min(batch_size, runner.max_batch),
+                           score_threshold=score_threshold)
 
 
 def evaluate_with(runner: Runner, dataset: Dataset, *, batch_size: int = 8,
                   progress: Callable[[int, int], None] | None = None) -> tuple[EvalResult, dict[int, Instances]]:
     """Mask AP of ``runner`` on a labeled ``dataset``, computed exactly like the training-time evaluation."""
-    predictions: dict[int, Instances] = {}
-    records = dataset.records
-    for index in _chunks(len(records), batch_size):
-        chunk = [records[i] for i in index]
-        outs = predict_with(runner, [read_image(r.path) for r in chunk], batch_size=batch_size)
-        predictions.update({r.image_id: inst for r, inst in zip(chunk, outs)})
-        if progress is not None:
-            progress(index.stop, len(records))
-    return evaluate_instances(dataset, predictions), predictions
+    return evaluate_dataset(runner.run, runner.spec.input_size, dataset,
+                            batch_size=min(batch_size, runner.max_batch), progress=progress)

@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
 CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
-        "evaluation", "config", "config_io", "config_types", "train_config", "export_config", "model_config", "data"}
+        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "model_config", "data"}
 LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "cli", "pipeline"}
 
 # layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed
