@@ -128,15 +128,70 @@ def verify_cmd(
     max_ap_drop: Annotated[Optional[float], typer.Option(help="INT8 AP budget in points (default 1.0).")] = None,
     split: Annotated[str, typer.Option(help="val, or labeled (the training labels: a sanity check where the "
                                             "model's AP is high).")] = "val",
+    triton: Annotated[Optional[str], typer.Option(help="gRPC URL of a server (host:port): compare it with the same "
+                                                       "graph run in-process instead.")] = None,
+    triton_model: Annotated[Optional[str], typer.Option(help="Served model name (default: the only one).")] = None,
 ) -> None:
     """Parity gate: the val split through PyTorch and every compiled form in ARTIFACT_DIR; tensor
-    differences, decision agreement and mask AP; parity.json + parity.md; exit 1 on a broken budget."""
+    differences, decision agreement and mask AP; parity.json + parity.md; exit 1 on a broken budget.
+    With --triton: the served model against the same graph in-process (parity_triton.json)."""
     from sskd_deploy.pipeline import verify_command
 
     overrides = [*(set_ or []), *([f"export.budgets.int8_ap={max_ap_drop}"] if max_ap_drop is not None else [])]
-    report = verify_command(artifact_dir, _load_config(config, overrides), console=_console(), split=split)
+    report = verify_command(artifact_dir, _load_config(config, overrides), console=_console(), split=split,
+                            triton=triton, triton_model=triton_model)
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    artifact_dir: Annotated[Optional[Path], typer.Argument(help="Export directory (default: <run>/export).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="gRPC port (0: any free port; default 8001).")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="HTTP port (0: any free port; default 8000).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Metrics port (0: any free port; default 8002).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Graph to serve: fp32, fp16, int8 or mixed.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, python, onnxruntime or tensorrt.")] = None,
+    repository: Annotated[Optional[Path], typer.Option(help="Where to generate the model repository.")] = None,
+) -> None:
+    """Generate the Triton model repository from the artifact's IOSpec, start tritonserver, wait until
+    the model is ready, print where it listens, and serve until Ctrl-C / SIGTERM (then stop it all)."""
+    from sskd_deploy.pipeline_serve import serve_command
+
+    flags = {"serve.grpc_port": grpc_port, "serve.http_port": http_port, "serve.metrics_port": metrics_port,
+             "serve.host": host, "serve.precision": precision, "serve.backend": backend,
+             "serve.repository": None if repository is None else str(repository)}
+    overrides = [*(set_ or []), *(f"{k}={_yaml_scalar(v)}" for k, v in flags.items() if v is not None)]
+    code = serve_command(_load_config(config, overrides), artifact_dir, console=_console())
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    url: Annotated[str, typer.Option(help="gRPC endpoint of the server, host:port.")] = "127.0.0.1:8001",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: predictions.json and overlays/.")] = Path(
+        "predictions"),
+    model: Annotated[Optional[str], typer.Option(help="Served model name (default: the only ready one).")] = None,
+    artifact: Annotated[Optional[Path], typer.Option(help="Export directory whose IOSpec the server must match.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    batch: Annotated[int, typer.Option(help="Images per request.")] = 1,
+    score_threshold: Annotated[float, typer.Option(help="Drop instances scoring below this.")] = 0.05,
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")] = True,
+) -> None:
+    """Send images to a served model over gRPC (readiness, metadata and IOSpec checks first); write
+    COCO-style predictions.json (RLE masks, boxes, scores) and overlay PNGs. Exit 2 if any image failed."""
+    from sskd_deploy.pipeline_serve import predict_command
+
+    code = predict_command(url, list(images), out=out, model=model, artifact_dir=artifact, concurrency=concurrency,
+                           batch_size=batch, score_threshold=score_threshold, overlays=overlays,
+                           console=_console())
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -150,12 +205,25 @@ def bench(
     iters: Annotated[int, typer.Option(help="Timed calls per runner.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 3,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON to write (a CSV goes beside it).")] = None,
+    triton: Annotated[Optional[str], typer.Option(help="Also load-test a Triton server at this gRPC URL.")] = None,
+    triton_model: Annotated[Optional[str], typer.Option(help="Served model name (default: the only one).")] = None,
+    concurrency: Annotated[str, typer.Option(help="Triton: requests in flight per level, e.g. 1,4,8.")] = "1,4,8",
+    duration: Annotated[float, typer.Option(help="Triton: seconds per concurrency level.")] = 10.0,
 ) -> None:
-    """Latency p50/p90/p99 and throughput of PyTorch eager FP32 and every ONNX Runtime graph, same input."""
+    """Latency p50/p90/p99 and throughput of PyTorch eager FP32 and every ONNX Runtime graph, same input;
+    with --triton, the served model under closed-loop load and its gRPC overhead over in-process ONNX Runtime."""
+    from sskd_deploy.bench.load import parse_levels
     from sskd_deploy.pipeline import bench_command
 
+    try:
+        levels = parse_levels(concurrency)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    if duration <= 0:
+        raise typer.BadParameter(f"--duration must be positive, got {duration}")
     bench_command(_load_config(config, set_), artifact_dir, models=list(model or []), batch=batch, threads=threads,
-                  iters=iters, warmup=warmup, out=out, console=_console())
+                  iters=iters, warmup=warmup, out=out, console=_console(), triton=triton, triton_model=triton_model,
+                  concurrency=levels, duration_s=duration)
 
 
 def _yaml_scalar(value: object) -> str:

@@ -25,6 +25,7 @@ from sskd_deploy.config_types import Count, Fraction, PathField, Section, Seed, 
 from sskd_deploy.errors import ConfigError
 from sskd_deploy.io import dumps_json
 from sskd_deploy.export_config import ExportConfig
+from sskd_deploy.serve_config import ServeConfig
 from sskd_deploy.train_config import TrainConfig
 
 
@@ -114,6 +115,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _rule_fallback(data: Mapping[str, Any], problems: list[str]) -> list[str]:

@@ -247,15 +247,24 @@ def export_command(config: Config, *, console: Console, overwrite: bool = True, 
     return manifest
 
 
-def verify_command(artifact_dir: Path, config: Config, *, console: Console, split: str = "val") -> dict:
-    """``verify``: the parity gate on a finished artifact directory, on the config's val (or labeled) split."""
+def verify_command(artifact_dir: Path, config: Config, *, console: Console, split: str = "val",
+                   triton: str | None = None, triton_model: str | None = None) -> dict:
+    """``verify``: the parity gate on a finished artifact directory, on the config's val (or labeled) split;
+    with ``triton``, the served model against the same graph in-process."""
     from sskd_deploy.data.sources import resolve_data
     from sskd_deploy.export.artifact import verify_artifact
 
-    data = resolve_data(config.data, console=console)
     if split not in ("val", "labeled"):
         raise SSKDError(f"--split: expected val or labeled, got {split!r}")
+    data = resolve_data(config.data, console=console)
     dataset = data.val if split == "val" else data.labeled
+    if triton is not None:
+        from sskd_deploy.pipeline_serve import verify_triton
+
+        report = verify_triton(Path(artifact_dir), triton, triton_model, dataset, config, console=console,
+                               report_name="parity_triton" if split == "val" else f"parity_triton_{split}")
+        print_parity(report, console)
+        return report
     report = verify_artifact(Path(artifact_dir), dataset, config=config.export, log=console.print,
                              report_name="parity" if split == "val" else f"parity_{split}")
     print_parity(report, console)
@@ -291,9 +300,11 @@ def print_parity(report: dict, console: Console) -> None:
 
 def bench_command(
     config: Config, artifact_dir: Path | None, *, models: list[str], batch: int, threads: int, iters: int,
-    warmup: int, out: Path | None, console: Console,
+    warmup: int, out: Path | None, console: Console, triton: str | None = None, triton_model: str | None = None,
+    concurrency: list[int] | None = None, duration_s: float = 10.0,
 ) -> dict:
-    """``bench``: latency rows (PyTorch eager, ONNX Runtime FP32/FP16/INT8) at one batch and thread count."""
+    """``bench``: latency rows (PyTorch eager, ONNX Runtime FP32/FP16/INT8) at one batch and thread count;
+    with ``triton`` also the server under closed-loop load and its round trip vs in-process ONNX Runtime."""
     import csv
     import io
 
@@ -319,8 +330,9 @@ def bench_command(
         runners = random_model_runners(preset, run_dir / "bench" / "graphs", num_classes=len(data.labeled.categories),
                                        threads=threads, calibration_images=sources, log=console.print)
         groups.append((preset + " (random)", runners))
-    if not groups:
-        raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first) and no --model")
+    if not groups and triton is None:
+        raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first), no --model "
+                        "and no --triton")
     rows = []
     for label, runners in groups:
         spec = next(iter(runners.values())).spec
@@ -335,6 +347,18 @@ def bench_command(
     result = {"format": "sskd-deploy/bench", "version": 1, "rows": rows, "versions": library_versions(),
               "environment": environment(), "settings": {"batch": batch, "threads": threads, "iters": iters,
                                                          "warmup": warmup}}
+    if triton is not None:
+        from sskd_deploy.pipeline_serve import bench_triton, print_load
+
+        def images_for(spec, n):
+            return preprocess_batch([read_image(p) for p in (sources * n)[:n]], spec.input_size)[0]
+
+        result["triton"] = bench_triton(triton, triton_model, artifact_dir, images_for, levels=concurrency or [1],
+                                        duration_s=duration_s, threads=threads, iters=iters, warmup=warmup,
+                                        console=console)
+        result["settings"].update(concurrency=concurrency or [1], duration_s=duration_s)
+        served = f"{result['triton']['model']} (served)"
+        rows += [{"model": served, "threads": threads, **r} for r in result["triton"]["round_trip"]]
     out = out or run_dir / "bench" / "latency.json"
     atomic_write_json(out, result, indent=2)
     fields = ["model", "runner", "precision", "provider", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
@@ -344,7 +368,18 @@ def bench_command(
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out.with_suffix(".csv"), text.getvalue())
-    print_bench(rows, console)
+    if triton is not None:
+        load_fields = ["concurrency", "batch", "requests", "failures", "duration_s", "p50_ms", "p90_ms", "p99_ms",
+                       "mean_ms", "throughput_ips", "throughput_rps", "mean_server_batch"]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=load_fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["triton"]["load"])
+        atomic_write_text(out.with_name(out.stem + "_triton_load.csv"), text.getvalue())
+    if rows:
+        print_bench(rows, console)
+    if triton is not None:
+        print_load(result["triton"]["load"], console)
     console.print(f"wrote {out} and {out.with_suffix('.csv')}")
     return result
 

@@ -17,18 +17,18 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
 CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
-        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "model_config", "data"}
-LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "cli", "pipeline"}
+        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "model_config", "data"}
+LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "cli", "pipeline", "pipeline_serve"}
 
 # layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed
 FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
     "core": (LAYERS, HEAVY),
     "models": (LAYERS - {"models"}, {"tensorrt", "torch_tensorrt", "tritonclient", "onnxruntime"}),
-    "training": ({"export", "serving", "runtime", "bench", "cli", "pipeline"}, {"tensorrt", "tritonclient"}),
-    "export": ({"training", "serving", "bench", "cli", "pipeline"}, {"tritonclient"}),
-    "runtime": ({"training", "export", "serving", "bench", "cli", "pipeline"}, set()),
-    "serving": ({"models", "training", "export", "bench", "cli", "pipeline"}, {"torch", "transformers"}),
-    "bench": ({"training", "cli", "pipeline"}, set()),
+    "training": ({"export", "serving", "runtime", "bench", "cli", "pipeline", "pipeline_serve"}, {"tensorrt", "tritonclient"}),
+    "export": ({"training", "serving", "bench", "cli", "pipeline", "pipeline_serve"}, {"tritonclient"}),
+    "runtime": ({"training", "export", "serving", "bench", "cli", "pipeline", "pipeline_serve"}, set()),
+    "serving": ({"models", "training", "export", "bench", "cli", "pipeline", "pipeline_serve"}, {"torch", "transformers"}),
+    "bench": ({"training", "cli", "pipeline", "pipeline_serve"}, set()),
 }
 
 
