@@ -339,3 +339,20 @@ def test_predict_files_reports_bad_files_and_writes_coco(tmp_path):
     assert first["category_id"] == 1 and first["score"] == pytest.approx(0.9)
     assert first["bbox"][2] > 0 and first["area"] > 0 and isinstance(first["segmentation"]["counts"], str)
     assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["img0.png", "img1.png", "img2.png"]
+
+
+def test_committed_repository_configs_are_exactly_what_the_generator_writes():
+    """triton_models/ is committed (configs only); each config must be the generator's output for the
+    IOSpec and settings recorded beside it, so nobody edits one by hand."""
+    from sskd_deploy.serving.repository import config_text, read_repository
+
+    root = Path(__file__).resolve().parents[2] / "triton_models"
+    manifest = read_repository(root)
+    assert manifest is not None, f"{root}: no repository.json"
+    settings = ServeConfig(**manifest["settings"])
+    for form, entry in manifest["models"].items():
+        spec = IOSpec.from_json((root / entry["dir"] / "iospec.json").read_text())
+        assert spec.digest() == manifest["iospec_sha256"]
+        expected = config_text(build_config(spec, form, entry["name"], settings, precision=manifest["precision"],
+                                            graph_sha256=manifest["graph_sha256"]))
+        assert (root / entry["dir"] / "config.pbtxt").read_text() == expected, entry["dir"]
