@@ -30,26 +30,21 @@ def default_artifact(config: Config) -> Path:
 
 def served_graph(artifact_dir: Path, precision: str) -> ServedGraph:
     """The artifact's graph (and engine) of ``precision``, hash-checked against its manifest."""
-    from sskd_deploy.export.artifact import read_manifest
-    from sskd_deploy.provenance import hash_file
+    from sskd_deploy.export.artifact import check_graph_spec, read_manifest, verified_file
     from sskd_deploy.runtime.onnx_metadata import load_onnx, read_onnx_spec
     from sskd_deploy.serving.repository import ServedGraph
 
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     name = GRAPH_FILES[precision]
-    entry = manifest["files"].get(name)
-    if entry is None:
+    if name not in manifest["files"]:
         have = ", ".join(p for p, f in GRAPH_FILES.items() if f in manifest["files"])
         raise InputError(artifact_dir, f"has no {precision} graph ({name}); it has: {have}. Choose one with "
                                        "--precision, or export it")
     path = artifact_dir / name
-    digest = hash_file(path)
-    if digest != entry["sha256"]:
-        raise InputError(path, "file does not match the manifest's hash (was the directory edited?)")
+    digest = verified_file(artifact_dir, manifest, name)
     spec = read_onnx_spec(load_onnx(path, load_weights=False))
-    if spec.digest() != manifest["iospec_sha256"]:
-        raise InputError(path, "the IOSpec in this graph differs from the artifact manifest's")
+    check_graph_spec(path, spec, manifest)
     engine = next((artifact_dir / f for f, e in manifest["files"].items()
                    if e.get("backend") == "tensorrt" and e.get("precision") == precision), None)
     return ServedGraph(spec=spec, onnx=path, onnx_sha256=digest, precision=precision,

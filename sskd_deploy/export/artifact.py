@@ -189,6 +189,21 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def verified_file(artifact_dir: Path, manifest: dict[str, Any], name: str) -> str:
+    """sha256 of the artifact's file ``name``; an InputError when it differs from the manifest's."""
+    path = Path(artifact_dir) / name
+    digest = hash_file(path)
+    if digest != manifest["files"][name]["sha256"]:
+        raise InputError(path, "file does not match the manifest's hash (was the directory edited?)")
+    return digest
+
+
+def check_graph_spec(path: Path, spec, manifest: dict[str, Any]) -> None:
+    """The IOSpec read from a graph must be the one the artifact was exported with."""
+    if spec.digest() != manifest["iospec_sha256"]:
+        raise InputError(path, "the IOSpec in this graph differs from the artifact manifest's")
+
+
 def _runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | None) -> tuple[dict, list[dict]]:
     from sskd_deploy.runtime.onnxruntime_runner import OrtRunner
 
@@ -196,11 +211,9 @@ def _runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | None) 
     for name, entry in manifest["files"].items():
         path = artifact_dir / name
         if entry.get("backend") == "onnxruntime":
-            if hash_file(path) != entry["sha256"]:
-                raise InputError(path, "file does not match the manifest's hash (was the directory edited?)")
+            verified_file(artifact_dir, manifest, name)
             runner = OrtRunner(path, threads=threads, name=f"onnxruntime-{entry['precision']}")
-            if runner.spec.digest() != manifest["iospec_sha256"]:
-                raise InputError(path, "the IOSpec in this graph differs from the artifact manifest's")
+            check_graph_spec(path, runner.spec, manifest)
             runners[runner.info.name] = runner
         elif entry.get("backend") == "tensorrt":
             from sskd_deploy.export.tensorrt_build import tensorrt_available

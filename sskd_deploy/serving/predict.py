@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from sskd_deploy.data.folder import list_images
 from sskd_deploy.data.image_io import read_image
+from sskd_deploy.data.records import CategorySet
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.io import atomic_write_bytes, atomic_write_json
-from sskd_deploy.postprocess import postprocess_batch
+from sskd_deploy.postprocess import instances_to_coco_results, postprocess_batch
 from sskd_deploy.preprocess import preprocess_batch
 from sskd_deploy.runtime.base import Runner
-from sskd_deploy.structures import Instances, compress_rle, masks_to_rles, rle_area, rle_bbox
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+from sskd_deploy.structures import Instances, rle_area
 
 
 @dataclass
@@ -36,14 +36,11 @@ class PredictResult:
 
 
 def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given; directories contribute their images (recursively, sorted)."""
+    """Files as given; directories contribute their images (the folder reader's rules: recursive, sorted)."""
     files: list[Path] = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            files.append(item)
+        files += [item / rel for rel in list_images(item)] if item.is_dir() else [item]
     return files
 
 
@@ -91,17 +88,15 @@ def predict_files(runner: Runner, files: Sequence[Path], *, concurrency: int = 4
 def coco_predictions(files: Sequence[Path], instances: Sequence[Instances], class_names: Sequence[str]) -> dict[str, Any]:
     """COCO-style results: images, categories (id = class index + 1), and one entry per instance with an
     RLE mask, its box, area and score."""
+    categories = CategorySet(tuple(class_names), tuple(range(1, len(class_names) + 1)))
     images, annotations = [], []
     for image_id, (path, inst) in enumerate(zip(files, instances), start=1):
         h, w = inst.image_size
         images.append({"id": image_id, "file_name": str(path), "height": h, "width": w})
-        for rle, label, score in zip(masks_to_rles(inst.masks), inst.labels, inst.scores):
-            rle = compress_rle(rle)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                                "segmentation": rle, "bbox": rle_bbox(rle), "area": rle_area(rle),
-                                "score": float(score), "iscrowd": 0})
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
-    return {"images": images, "categories": categories, "annotations": annotations}
+        for result in instances_to_coco_results(inst, image_id, categories):
+            annotations.append({"id": len(annotations) + 1, **result, "area": rle_area(result["segmentation"]),
+                                "iscrowd": 0})
+    return {"images": images, "categories": categories.coco_categories(), "annotations": annotations}
 
 
 def write_predictions(result: PredictResult, class_names: Sequence[str], out_dir: Path, *,
