@@ -199,31 +199,56 @@ def bench(
     artifact_dir: Annotated[Optional[Path], typer.Argument(help="Export directory (default: <run>/export if any).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
-    model: Annotated[Optional[list[str]], typer.Option(help="Also time a preset with random weights (repeatable).")] = None,
-    batch: Annotated[int, typer.Option(help="Images per call.")] = 1,
-    threads: Annotated[int, typer.Option(help="CPU threads for every runner.")] = 2,
-    iters: Annotated[int, typer.Option(help="Timed calls per runner.")] = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 3,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON to write (a CSV goes beside it).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(help="Also time a preset (random weights) or checkpoint, with its ONNX graphs (repeatable).")] = None,
+    pair: Annotated[Optional[list[str]], typer.Option(help="TEACHER:STUDENT (presets or checkpoints) timed at one input size (repeatable; replaces bench.pairs).")] = None,
+    no_pairs: Annotated[bool, typer.Option("--no-pairs", help="Time no teacher/student pair.")] = False,
+    input_size: Annotated[Optional[str], typer.Option(help="HxW for --model presets and pairs.")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="Batch sizes, e.g. 1,2,4 (default: bench.batches).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for every runner.")] = None,
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per runner and batch size.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls first.")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile row.")] = None,
+    roofline: Annotated[Optional[bool], typer.Option("--roofline/--no-roofline", help="Measure peaks; %% of peak per row.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON to write (CSV and PNGs go beside it).")] = None,
     triton: Annotated[Optional[str], typer.Option(help="Also load-test a Triton server at this gRPC URL.")] = None,
     triton_model: Annotated[Optional[str], typer.Option(help="Served model name (default: the only one).")] = None,
     concurrency: Annotated[str, typer.Option(help="Triton: requests in flight per level, e.g. 1,4,8.")] = "1,4,8",
     duration: Annotated[float, typer.Option(help="Triton: seconds per concurrency level.")] = 10.0,
 ) -> None:
-    """Latency p50/p90/p99 and throughput of PyTorch eager FP32 and every ONNX Runtime graph, same input;
-    with --triton, the served model under closed-loop load and its gRPC overhead over in-process ONNX Runtime."""
+    """Latency (p50/p90/p99, pre/infer/post) and throughput of every runner at every batch size, % of the
+    measured FP32/INT8 peak, teacher/student pairs, plots; with --triton, the served model under load."""
     from sskd_deploy.bench.load import parse_levels
-    from sskd_deploy.pipeline import bench_command
+    from sskd_deploy.pipeline_bench import bench_command
 
     try:
         levels = parse_levels(concurrency)
+        batches = None if batch is None else [int(b) for b in batch.split(",") if b.strip()]
+        pairs = None if pair is None else [_parse_pair(p) for p in pair]
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     if duration <= 0:
         raise typer.BadParameter(f"--duration must be positive, got {duration}")
-    bench_command(_load_config(config, set_), artifact_dir, models=list(model or []), batch=batch, threads=threads,
-                  iters=iters, warmup=warmup, out=out, console=_console(), triton=triton, triton_model=triton_model,
-                  concurrency=levels, duration_s=duration)
+    flags = {"bench.batches": batches, "bench.threads": threads, "bench.iters": iters, "bench.warmup": warmup,
+             "bench.compile": compile_, "bench.roofline": roofline, "bench.models": model or None,
+             "bench.pairs": [] if no_pairs else pairs,
+             "bench.input_size": None if input_size is None else list(_parse_size(input_size))}
+    overrides = [*(set_ or []), *(f"{k}={_yaml_value(v)}" for k, v in flags.items() if v is not None)]
+    bench_command(_load_config(config, overrides), artifact_dir, out=out, console=_console(), triton=triton,
+                  triton_model=triton_model, concurrency=levels, duration_s=duration)
+
+
+def _parse_pair(text: str) -> list[str]:
+    teacher, sep, student = text.partition(":")
+    if not sep or not teacher or not student:
+        raise ValueError(f"--pair expects TEACHER:STUDENT, got {text!r}")
+    return [teacher, student]
+
+
+def _yaml_value(value: object) -> str:
+    """A flag value (scalar or list) as YAML flow text for an override."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return _yaml_scalar(value)
 
 
 def _yaml_scalar(value: object) -> str:
@@ -305,6 +330,24 @@ def data_check(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (e.g. runs/default).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write "
+                                                                    "(default: RUN_DIR/report.html).")] = None,
+    num_overlays: Annotated[int, typer.Option(min=0, help="Best and worst val images to draw, each "
+                                                          "(0: none).")] = 4,
+) -> None:
+    """One self-contained HTML page for a run: data, per-stage AP beside the paper, curves, best and worst
+    val images, parity, latency and environment. Prints the path of the page."""
+    from sskd_deploy.report import build_report
+
+    console = _console(stderr=True)  # progress to stderr: stdout carries only the path, for scripts
+    written = build_report(run_dir, out=out, num_overlays=num_overlays,
+                           log=lambda line: console.print(line, markup=False))
+    print(written)
+
+
 @app.command("eval")
 def eval_(
     pred: Annotated[Path, typer.Option("--pred", help="COCO results JSON (segmentation RLE, score).")],
@@ -366,12 +409,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as err:  # click usage errors arrive here in non-standalone mode
         import click
 
-        if isinstance(err, click.ClickException):
+        # typer >= 0.2x runs on its own copy of click (typer._click), whose errors are not click's classes
+        if isinstance(err, (click.ClickException, typer.TyperException)) and hasattr(err, "show"):
             err.show()
             return err.exit_code
-        if isinstance(err, click.exceptions.Exit):
+        if isinstance(err, (click.exceptions.Exit, typer.Exit)):
             return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
+        if isinstance(err, (click.exceptions.Abort, typer.Abort)):
             return 130
         raise
     return code if isinstance(code, int) else 0

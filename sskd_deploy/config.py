@@ -25,18 +25,19 @@ from sskd_deploy.config_types import Count, Fraction, PathField, Section, Seed, 
 from sskd_deploy.errors import ConfigError
 from sskd_deploy.io import dumps_json
 from sskd_deploy.export_config import ExportConfig
+from sskd_deploy.bench_config import BenchConfig
 from sskd_deploy.serve_config import ServeConfig
 from sskd_deploy.train_config import TrainConfig
 
 
-PIPELINE_STEPS = ("train", "export")
+PIPELINE_STEPS = ("train", "export", "bench", "report")
 
 
 class RunConfig(Section):
     out_dir: PathField = Path("runs/default")
     seed: Seed = 0
-    # What the main job does after preparing the data, in order (serve, bench, report join later).
-    steps: tuple[Literal["train", "export"], ...] = PIPELINE_STEPS
+    # What the main job does after preparing the data, in this order whatever the order listed.
+    steps: tuple[Literal["train", "export", "bench", "report"], ...] = PIPELINE_STEPS
 
 
 class SynthConfig(Section):
@@ -116,6 +117,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
 
 
 def _rule_fallback(data: Mapping[str, Any], problems: list[str]) -> list[str]:

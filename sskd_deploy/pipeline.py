@@ -2,8 +2,8 @@
 
 ``run_pipeline`` is what the README's main command runs: on the embedded default it generates
 the synthetic world (or reuses an identical one), validates it, summarises it and draws its
-ground truth. Later stages (train, export, bench, report) append themselves here, each writing
-into the run directory and recording itself in the run manifest.
+ground truth, then runs the steps of ``run.steps`` in order (train, export, bench, report), each
+writing into the run directory and recording itself in the run manifest.
 """
 
 from __future__ import annotations
@@ -132,13 +132,32 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
         if parity and not parity["ok"]:
             raise SSKDError(f"export parity gate failed: see {Path(config.run.out_dir) / 'export' / 'parity.md'}")
 
+    if "bench" in config.run.steps:
+        from sskd_deploy.pipeline_bench import bench_command
+
+        start = time.perf_counter()
+        export_dir = Path(config.export.out_dir) if config.export.out_dir else out / "export"
+        artifact = export_dir if (export_dir / "manifest.json").is_file() else None
+        bench_command(config, artifact, console=console)
+        steps["bench"] = {"seconds": round(time.perf_counter() - start, 1), "result": "bench/latency.json"}
+
     manifest = {
         "format": "sskd-deploy/run", "version": 1, "config_hash": config_hash(config),
         "data_hash": data.content_hash(), "steps": steps,
         "versions": library_versions(), "environment": environment(),
     }
     atomic_write_json(out / "manifest.json", manifest, indent=2)
-    console.print(f"[green]done[/green]: run directory {out} (overlays: {overlay})")
+    if "report" in config.run.steps:
+        from sskd_deploy.report import build_report
+
+        # last, so that it shows the manifest (and every step's time) just written
+        start = time.perf_counter()
+        report = build_report(out, log=console.print)
+        manifest["steps"]["report"] = {"seconds": round(time.perf_counter() - start, 1), "file": report.name}
+        atomic_write_json(out / "manifest.json", manifest, indent=2)
+        console.print(f"[green]done[/green]: run directory {out}; report: [bold]{report}[/bold]")
+    else:
+        console.print(f"[green]done[/green]: run directory {out} (overlays: {overlay})")
     return manifest
 
 
@@ -296,106 +315,3 @@ def print_parity(report: dict, console: Console) -> None:
                   "'agree': detections above 0.5 matched by label and mask IoU >= 0.5.", soft_wrap=True)
     for skipped in report.get("skipped", []):
         console.print(f"skipped {skipped['runner']}: {skipped['reason']}", soft_wrap=True)
-
-
-def bench_command(
-    config: Config, artifact_dir: Path | None, *, models: list[str], batch: int, threads: int, iters: int,
-    warmup: int, out: Path | None, console: Console, triton: str | None = None, triton_model: str | None = None,
-    concurrency: list[int] | None = None, duration_s: float = 10.0,
-) -> dict:
-    """``bench``: latency rows (PyTorch eager, ONNX Runtime FP32/FP16/INT8) at one batch and thread count;
-    with ``triton`` also the server under closed-loop load and its round trip vs in-process ONNX Runtime."""
-    import csv
-    import io
-
-    import torch
-
-    from sskd_deploy.bench.latency import add_speedups, bench_runners
-    from sskd_deploy.bench.models import artifact_runners, random_model_runners
-    from sskd_deploy.data.image_io import read_image
-    from sskd_deploy.data.sources import resolve_data
-    from sskd_deploy.preprocess import preprocess_batch
-    from sskd_deploy.provenance import environment, library_versions
-
-    torch.set_num_threads(threads)
-    data = resolve_data(config.data, console=console)
-    run_dir = Path(config.run.out_dir)
-    sources = [r.path for r in data.unlabeled.records]
-    groups = []
-    artifact_dir = artifact_dir or (run_dir / "export" if (run_dir / "export" / "manifest.json").is_file() else None)
-    if artifact_dir is not None:
-        runners = artifact_runners(Path(artifact_dir), threads=threads)
-        groups.append((next(iter(runners.values())).spec.model_name + " (trained)", runners))
-    for preset in models:
-        runners = random_model_runners(preset, run_dir / "bench" / "graphs", num_classes=len(data.labeled.categories),
-                                       threads=threads, calibration_images=sources, log=console.print)
-        groups.append((preset + " (random)", runners))
-    if not groups and triton is None:
-        raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first), no --model "
-                        "and no --triton")
-    rows = []
-    for label, runners in groups:
-        spec = next(iter(runners.values())).spec
-        images, _ = preprocess_batch([read_image(p) for p in (sources * batch)[:batch]], spec.input_size)
-        console.print(f"[bold]{label}[/bold] at {spec.input_size[0]}x{spec.input_size[1]}, batch {batch}, "
-                      f"{threads} threads")
-        for row in bench_runners(runners, images, iters=iters, warmup=warmup, log=console.print):
-            rows.append({"model": label, "threads": threads, **row})
-        for runner in runners.values():
-            runner.close()
-    add_speedups(rows, "torch-fp32")
-    result = {"format": "sskd-deploy/bench", "version": 1, "rows": rows, "versions": library_versions(),
-              "environment": environment(), "settings": {"batch": batch, "threads": threads, "iters": iters,
-                                                         "warmup": warmup}}
-    if triton is not None:
-        from sskd_deploy.pipeline_serve import bench_triton, print_load
-
-        def images_for(spec, n):
-            return preprocess_batch([read_image(p) for p in (sources * n)[:n]], spec.input_size)[0]
-
-        result["triton"] = bench_triton(triton, triton_model, artifact_dir, images_for, levels=concurrency or [1],
-                                        duration_s=duration_s, threads=threads, iters=iters, warmup=warmup,
-                                        console=console)
-        result["settings"].update(concurrency=concurrency or [1], duration_s=duration_s)
-        served = f"{result['triton']['model']} (served)"
-        rows += [{"model": served, "threads": threads, **r} for r in result["triton"]["round_trip"]]
-    out = out or run_dir / "bench" / "latency.json"
-    atomic_write_json(out, result, indent=2)
-    fields = ["model", "runner", "precision", "provider", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
-              "throughput_ips", "speedup_vs_torch-fp32"]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out.with_suffix(".csv"), text.getvalue())
-    if triton is not None:
-        load_fields = ["concurrency", "batch", "requests", "failures", "duration_s", "p50_ms", "p90_ms", "p99_ms",
-                       "mean_ms", "throughput_ips", "throughput_rps", "mean_server_batch"]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=load_fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(result["triton"]["load"])
-        atomic_write_text(out.with_name(out.stem + "_triton_load.csv"), text.getvalue())
-    if rows:
-        print_bench(rows, console)
-    if triton is not None:
-        print_load(result["triton"]["load"], console)
-    console.print(f"wrote {out} and {out.with_suffix('.csv')}")
-    return result
-
-
-def print_bench(rows: list[dict], console: Console) -> None:
-    from rich.table import Table
-
-    from rich import box
-
-    table = Table(title="latency (ms) per call; speed-up = torch-fp32 p50 / p50", box=box.SIMPLE, pad_edge=False)
-    for column in ("model", "runner", "p50", "p90", "p99", "img/s", "speed-up"):
-        table.add_column(column, justify="left" if column in ("model", "runner") else "right",
-                         no_wrap=column != "model", min_width={"model": 8, "runner": 16}.get(column, 7))
-    for r in rows:
-        speedup = r.get("speedup_vs_torch-fp32")
-        table.add_row(r["model"], r["runner"], f"{r['p50_ms']:.1f}",
-                      f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['throughput_ips']:.2f}",
-                      "n/a" if speedup is None else f"{speedup:.2f}x")
-    console.print(table)

@@ -101,15 +101,19 @@ def save_overlay_grid(
 ) -> Path:
     """Overlay every ``(image, instances)`` pair, tile them and write a PNG atomically.
 
-    Images narrower than ``min_width`` are enlarged by an integer factor (nearest) first, so that
-    small images still get readable labels and outlines.
+    Images narrower than ``min_width`` are enlarged first (:func:`enlarge`).
     """
-    tiles = []
-    for img, inst in items:
-        factor = max(1, -(-min_width // img.shape[1]))
-        if factor > 1:
-            img = img.repeat(factor, axis=0).repeat(factor, axis=1)
-            masks = inst.masks.repeat(factor, axis=1).repeat(factor, axis=2)
-            inst = Instances(img.shape[:2], masks, inst.labels, inst.scores, inst.iscrowd)
-        tiles.append(overlay_instances(img, inst, class_names, show_scores=show_scores))
+    tiles = [overlay_instances(*enlarge(img, inst, min_width=min_width), class_names, show_scores=show_scores)
+             for img, inst in items]
     return write_png(out, tile_images(tiles, columns=columns))
+
+
+def enlarge(image: np.ndarray, instances: Instances, *, min_width: int) -> tuple[np.ndarray, Instances]:
+    """Repeat pixels (nearest, integer factor) until the image is at least ``min_width`` wide, masks
+    alike, so that small images still get readable labels and outlines when overlaid."""
+    factor = max(1, -(-min_width // image.shape[1]))
+    if factor == 1:
+        return image, instances
+    image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+    masks = instances.masks.repeat(factor, axis=1).repeat(factor, axis=2)
+    return image, Instances(image.shape[:2], masks, instances.labels, instances.scores, instances.iscrowd)

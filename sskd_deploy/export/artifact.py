@@ -204,7 +204,8 @@ def check_graph_spec(path: Path, spec, manifest: dict[str, Any]) -> None:
         raise InputError(path, "the IOSpec in this graph differs from the artifact manifest's")
 
 
-def _runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | None) -> tuple[dict, list[dict]]:
+def graph_runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | None) -> tuple[dict, list[dict]]:
+    """A runner per compiled graph of the artifact (hash-checked), and the graphs that cannot run here with why."""
     from sskd_deploy.runtime.onnxruntime_runner import OrtRunner
 
     runners, skipped = {}, []
@@ -240,7 +241,7 @@ def verify_artifact(artifact_dir: Path, val: Dataset, *, config: ExportConfig, l
     if hash_file(checkpoint) != manifest["files"][CHECKPOINT]["sha256"]:
         raise InputError(checkpoint, "checkpoint does not match the manifest's hash (was the directory edited?)")
     reference = TorchRunner.from_checkpoint(checkpoint, threads=config.threads, name="torch-fp32")
-    others, skipped = _runners(artifact_dir, manifest, config.threads)
+    others, skipped = graph_runners(artifact_dir, manifest, config.threads)
     log(f"parity: {len(val.records)} images of {val.name!r} through {', '.join(['torch-fp32', *others])}")
     report = compare_runners(reference, others, val, budgets=config.budgets, batch_size=config.calibration.batch_size)
     report["skipped"] = skipped

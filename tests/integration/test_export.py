@@ -95,14 +95,27 @@ def test_verify_rechecks_and_a_broken_budget_exits_1(exported) -> None:
 
 @pytest.mark.slow
 def test_bench_times_every_runner(exported, tmp_path) -> None:
+    """Every runner (torch.compile included) at batch 1 and 2 with stages, peaks, the pair, plots."""
     config, artifact = exported
     out = tmp_path / "latency.json"
-    assert main(["bench", str(artifact), "--config", str(config), "--iters", "2", "--warmup", "1", "--out",
-                 str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert {"torch-fp32", "onnxruntime-fp32", "onnxruntime-int8"} <= {r["runner"] for r in rows}
-    assert all(r["p50_ms"] > 0 and r["threads"] == 2 for r in rows)
+    assert main(["bench", str(artifact), "--config", str(config), "--iters", "2", "--warmup", "1", "--batch", "1,2",
+                 "--compile", "--pair", "teacher-tiny:student-tiny", "--input-size", "64x96", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = [r for r in result["rows"] if not r.get("pair_role")]
+    runners = {"torch-fp32", "torch-compiled", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"}
+    assert {(r["runner"], r["batch"]) for r in rows} == {(n, b) for n in runners for b in (1, 2)}
+    for r in rows:
+        assert r["p50_ms"] > 0 and r["threads"] == 2 and r["pre_ms"]["p50"] > 0 and r["post_ms"]["p50"] > 0
+        assert r["e2e_ms"]["p50"] >= r["p50_ms"] and 0 < r["peak_fraction"] < 1
+        assert r["peak_name"] == ("cpu.int8" if r["precision"] == "int8" else "cpu.fp32")
+    (pair,) = result["pairs"]
+    assert pair["input_size"] == [64, 96] and pair["teacher_gflops"] > pair["student_gflops"] > 0
+    assert pair["speedup"] == pytest.approx(pair["teacher_p50_ms"] / pair["student_p50_ms"])
+    assert result["peaks"]["cpu"]["fp32_gflops"] > 0 and result["environment"]["cpu"]
+    assert {"tensorrt-fp16", "tensorrt-int8"} <= {s["runner"] for s in result["skipped"]}  # no TensorRT here
     assert out.with_suffix(".csv").read_text().startswith("model,runner")
+    for name in result["plots"].values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -142,3 +155,21 @@ def test_verify_refuses_an_edited_artifact(exported, tmp_path, capsys) -> None:
     assert "does not match the manifest" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nothing-here"), "--config", str(config)]) == 2
     assert "no export manifest" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_job_benches_and_reports(exported, capsys) -> None:
+    """The main job's last two steps on a finished export: bench rows, then the report path printed."""
+    config, artifact = exported
+    run = artifact.parent
+    assert main(["run", "--config", str(config), "--set", "run.steps=[bench, report]", "--set", "bench.batches=[1]",
+                 "--set", "bench.iters=2", "--set", "bench.warmup=1", "--set", "bench.compile=false",
+                 "--set", "bench.pairs=[]"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"bench", "report"} <= set(manifest["steps"]) and "train" not in manifest["steps"]
+    rows = json.loads((run / "bench" / "latency.json").read_text())["rows"]
+    assert {"torch-fp32", "onnxruntime-int8"} <= {r["runner"] for r in rows}
+    report = run / "report.html"
+    assert str(report) in capsys.readouterr().out.replace("\n", "")
+    html = report.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "onnxruntime-int8" in html and "src=\"http" not in html

@@ -136,7 +136,8 @@ def test_serve_predict_verify_bench_and_clean_stop(tmp_path):
         # bench --triton: closed-loop levels, no failed request
         bench = tmp_path / "bench.json"
         assert main(["bench", str(artifact), "--config", str(config), "--triton", url, "--concurrency", "1,3",
-                     "--duration", "1", "--iters", "5", "--warmup", "1", "--out", str(bench)]) == 0
+                     "--duration", "1", "--iters", "5", "--warmup", "1", "--batch", "1", "--no-compile", "--no-pairs",
+                     "--no-roofline", "--out", str(bench)]) == 0
         section = json.loads(bench.read_text())["triton"]
         assert [r["concurrency"] for r in section["load"]] == [1, 3]
         assert all(r["failures"] == 0 and r["requests"] > 0 for r in section["load"])

@@ -17,18 +17,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
 CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
-        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "model_config", "data"}
-LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "cli", "pipeline", "pipeline_serve"}
+        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "bench_config", "model_config", "data"}
+LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}
 
 # layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed
 FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
     "core": (LAYERS, HEAVY),
     "models": (LAYERS - {"models"}, {"tensorrt", "torch_tensorrt", "tritonclient", "onnxruntime"}),
-    "training": ({"export", "serving", "runtime", "bench", "cli", "pipeline", "pipeline_serve"}, {"tensorrt", "tritonclient"}),
-    "export": ({"training", "serving", "bench", "cli", "pipeline", "pipeline_serve"}, {"tritonclient"}),
-    "runtime": ({"training", "export", "serving", "bench", "cli", "pipeline", "pipeline_serve"}, set()),
-    "serving": ({"models", "training", "export", "bench", "cli", "pipeline", "pipeline_serve"}, {"torch", "transformers"}),
-    "bench": ({"training", "cli", "pipeline", "pipeline_serve"}, set()),
+    "training": ({"export", "serving", "runtime", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"},
+                 {"tensorrt", "tritonclient"}),
+    "export": ({"training", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, {"tritonclient"}),
+    "runtime": ({"training", "export", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, set()),
+    "serving": ({"models", "training", "export", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"},
+                {"torch", "transformers"}),
+    "bench": ({"training", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, set()),
+    # the report reads what every step wrote and may run the model, but never trains or drives the CLI
+    "report": ({"training", "serving", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, set()),
 }
 
 

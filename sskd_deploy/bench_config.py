@@ -1,0 +1,46 @@
+"""The ``bench`` section: what ``sskd-deploy bench`` (and the main job's bench step) times, and how.
+
+Every figure a benchmark prints depends on these settings, so they are recorded next to the
+results: batch sizes, thread count, warm-up and timed iterations, which extra runners are built.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from pydantic import Field, Strict, field_validator
+
+from sskd_deploy.config_types import Count, Section
+
+Threshold = Annotated[float, Strict(), Field(ge=0, le=1)]
+
+
+class BenchConfig(Section):
+    batches: tuple[Count, ...] = (1, 2, 4)  # batch sizes timed for every runner (1..B)
+    threads: Count = 2  # CPU threads for every runner (torch intra-op and ONNX Runtime)
+    iters: Count = 20  # timed calls per runner and batch size
+    warmup: Annotated[int, Strict(), Field(ge=0)] = 3  # untimed calls first (compilation happens here)
+    compile: bool = True  # add a torch.compile (inductor) row; the first call compiles (about a minute on 2 cores)
+    roofline: bool = True  # measure FP32/INT8 matmul peaks and memory bandwidth; rows get % of peak
+    score_threshold: Threshold = 0.5  # post-processing keeps (and pastes masks of) candidates above this
+    models: tuple[str, ...] = ()  # presets also timed with random weights (e.g. student-s)
+    pairs: tuple[tuple[str, str], ...] = (("teacher-tiny", "student-tiny"),)  # (teacher, student): preset or checkpoint
+    input_size: Optional[tuple[Count, Count]] = None  # presets and pairs at this size (null: a preset's own; a pair: the student's)
+    gpu_dtypes: tuple[str, ...] = ("fp16", "bf16")  # extra PyTorch autocast rows when CUDA is present
+
+    @field_validator("batches")
+    @classmethod
+    def _batches(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("at least one batch size")
+        if len(set(value)) != len(value):
+            raise ValueError(f"batch sizes repeat: {list(value)}")
+        return tuple(sorted(value))
+
+    @field_validator("gpu_dtypes")
+    @classmethod
+    def _dtypes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in ("fp16", "bf16")]
+        if unknown:
+            raise ValueError(f"unknown GPU dtypes {unknown}: use fp16 and/or bf16")
+        return value

@@ -1,0 +1,239 @@
+"""``sskd-deploy bench``: every runner at every batch size, the machine's peaks, pairs, plots.
+
+One run measures the attainable peaks first, then times each model group (the run's trained
+artifact, any preset named in ``bench.models``, each teacher/student pair) one group at a time so
+only one set of weights is in memory, and writes ``latency.json``, ``latency.csv``,
+``latency.png`` and ``roofline.png`` side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sskd_deploy.errors import SSKDError
+from sskd_deploy.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from sskd_deploy.bench.models import ModelGroup
+    from sskd_deploy.bench_config import BenchConfig
+    from sskd_deploy.config import Config
+
+CSV_FIELDS = ["model", "runner", "precision", "device", "provider", "batch", "threads", "timer", "p50_ms", "p90_ms",
+              "p99_ms", "mean_ms", "throughput_ips", "pre_p50_ms", "post_p50_ms", "e2e_p50_ms", "e2e_throughput_ips",
+              "first_call_ms", "gflops_per_image", "achieved_gflops", "peak_name", "peak_fraction",
+              "speedup_vs_torch-fp32"]
+
+
+def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batches, log) -> tuple[list, list]:
+    """Rows for every runner of ``group`` at every batch size, and what was skipped (with why)."""
+    from sskd_deploy.bench.latency import stage_row, time_stages
+
+    rows, skipped = [], [{"model": group.label, **s} for s in group.skipped]
+    for name, runner in group.runners.items():
+        for batch in batches:
+            if batch > runner.max_batch:
+                skipped.append({"model": group.label, "runner": name,
+                                "reason": f"batch {batch} exceeds the runner's maximum {runner.max_batch}"})
+                continue
+            samples = time_stages(runner, images[:batch], iters=settings.iters, warmup=settings.warmup,
+                                  score_threshold=settings.score_threshold)
+            row = {"model": group.label, **runner.info.to_dict(), "runner": name, "batch": batch,
+                   "threads": settings.threads, "gflops_per_image": group.gflops_per_image,
+                   "parameters": group.parameters, "io_bytes_per_image": group.io_bytes_per_image,
+                   **stage_row(samples, batch)}
+            rows.append(row)
+            log(f"  {name} batch {batch}: infer p50 {row['p50_ms']:.1f} ms (pre {row['pre_ms']['p50']:.1f}, "
+                f"post {row['post_ms']['p50']:.1f}), {row['throughput_ips']:.1f} img/s")
+    return rows, skipped
+
+
+def time_pairs(settings: BenchConfig, images: list, *, num_classes: int, log) -> tuple[list, list]:
+    """Each (teacher, student) at one input size, batch 1, through the PyTorch runners both have."""
+    from sskd_deploy.bench.models import torch_group
+
+    rows, pairs = [], []
+    for teacher, student in settings.pairs:
+        timed = {}
+        size = settings.input_size
+        for role, name in (("student", student), ("teacher", teacher)):
+            group = torch_group(name, num_classes=num_classes, input_size=size, threads=settings.threads,
+                                gpu_dtypes=settings.gpu_dtypes)
+            size = group.spec.input_size
+            log(f"[bold]{group.label}[/bold] ({role}) at {size[0]}x{size[1]}, {group.gflops_per_image:.1f} GFLOPs")
+            group_rows, _ = time_group(group, images, settings, batches=[1], log=log)
+            group.close()
+            for row in group_rows:
+                row["pair_role"] = role
+            rows += group_rows
+            timed[role] = {r["runner"]: r for r in group_rows}
+        for runner in timed["student"].keys() & timed["teacher"].keys():
+            t, s = timed["teacher"][runner], timed["student"][runner]
+            pairs.append({"teacher": teacher, "student": student, "input_size": list(size), "runner": runner,
+                          "batch": 1, "teacher_p50_ms": t["p50_ms"], "student_p50_ms": s["p50_ms"],
+                          "speedup": t["p50_ms"] / s["p50_ms"], "teacher_gflops": t["gflops_per_image"],
+                          "student_gflops": s["gflops_per_image"], "teacher_parameters": t["parameters"],
+                          "student_parameters": s["parameters"]})
+    return rows, pairs
+
+
+def measure_peaks(settings: BenchConfig, log) -> dict[str, dict[str, Any]]:
+    from sskd_deploy.bench.models import cuda_available
+    from sskd_deploy.bench.roofline import measure_cpu_peaks, measure_cuda_peaks
+
+    peaks = {"cpu": measure_cpu_peaks(settings.threads)}
+    if cuda_available():
+        peaks["cuda"] = measure_cuda_peaks()
+    for device, table in peaks.items():
+        log(f"{device} peaks: " + ", ".join(f"{k} {v:,.0f}" for k, v in table.items()
+                                            if k.endswith(("gflops", "gops", "gbps"))))
+    return peaks
+
+
+def _groups(config: Config, artifact_dir: Path | None, sources: list[Path], num_classes: int, console):
+    """Model groups, built lazily one at a time: the artifact's, then each preset of ``bench.models``."""
+    from sskd_deploy.bench.models import artifact_group, preset_group
+
+    settings = config.bench
+    if artifact_dir is not None:
+        yield lambda: artifact_group(artifact_dir, threads=settings.threads, compile=settings.compile,
+                                     gpu_dtypes=settings.gpu_dtypes)
+    for preset in settings.models:
+        yield lambda p=preset: preset_group(p, Path(config.run.out_dir) / "bench" / "graphs", num_classes=num_classes,
+                                            threads=settings.threads, calibration_images=sources,
+                                            input_size=settings.input_size, compile=settings.compile, gpu_dtypes=settings.gpu_dtypes,
+                                            log=console.print)
+
+
+def bench_command(config: Config, artifact_dir: Path | None, *, console: Console, out: Path | None = None,
+                  triton: str | None = None, triton_model: str | None = None, concurrency: list[int] | None = None,
+                  duration_s: float = 10.0) -> dict:
+    """``bench``: see the module docstring. ``config.bench`` holds every setting; returns the result."""
+    import torch
+
+    from sskd_deploy.bench.environment import bench_environment
+    from sskd_deploy.bench.latency import add_speedups
+    from sskd_deploy.bench.roofline import attach_roofline
+    from sskd_deploy.data.image_io import read_image
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.provenance import library_versions
+
+    settings = config.bench
+    torch.set_num_threads(settings.threads)
+    data = resolve_data(config.data, console=console)
+    run_dir = Path(config.run.out_dir)
+    sources = [r.path for r in (data.unlabeled.records or data.val.records)]
+    if artifact_dir is None and (run_dir / "export" / "manifest.json").is_file():
+        artifact_dir = run_dir / "export"
+    if artifact_dir is None and not settings.models and not settings.pairs and triton is None:
+        raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first), no bench.models / "
+                        "--model, no bench.pairs / --pair and no --triton")
+    images = [read_image(p) for p in (sources * max(settings.batches))[:max(settings.batches)]]
+    num_classes = len(data.labeled.categories)
+    peaks = measure_peaks(settings, console.print) if settings.roofline else {}
+    rows, skipped = [], []
+    for build in _groups(config, artifact_dir, sources, num_classes, console):
+        group = build()
+        h, w = group.spec.input_size
+        console.print(f"[bold]{group.label}[/bold] at {h}x{w}, {group.gflops_per_image:.2f} GFLOPs/image, "
+                      f"batches {list(settings.batches)}, {settings.threads} threads", soft_wrap=True)
+        group_rows, group_skipped = time_group(group, images, settings, batches=settings.batches, log=console.print)
+        group.close()
+        rows += group_rows
+        skipped += group_skipped
+    pair_rows, pairs = time_pairs(settings, images, num_classes=num_classes, log=console.print)
+    rows += pair_rows
+    add_speedups(rows, "torch-fp32")
+    attach_roofline(rows, peaks)
+    out = out or run_dir / "bench" / "latency.json"
+    result = {"format": "sskd-deploy/bench", "version": 2, "settings": settings.model_dump(mode="json"),
+              "environment": bench_environment(), "versions": library_versions(), "peaks": peaks, "rows": rows,
+              "pairs": pairs, "skipped": skipped, "plots": write_plots(rows, pairs, peaks, out)}
+    if triton is not None:
+        result["triton"] = _triton_section(triton, triton_model, artifact_dir, sources, settings, concurrency,
+                                           duration_s, console)
+        result["settings"].update(concurrency=concurrency or [1], duration_s=duration_s)
+    write_outputs(result, out)
+    print_bench(result, console)
+    console.print(f"wrote {out}, {out.with_suffix('.csv')} and the plots {', '.join(result['plots'].values())}")
+    return result
+
+
+def write_plots(rows: list[dict], pairs: list[dict], peaks: dict, out: Path) -> dict[str, str]:
+    from sskd_deploy.bench.plots import plot_latency, plot_roofline
+
+    if not rows:
+        return {}
+    plots = {"latency": plot_latency(rows, pairs, out.with_name(out.stem + ".png")).name}
+    if peaks:
+        plots["roofline"] = plot_roofline(rows, peaks, out.with_name("roofline.png")).name
+    return plots
+
+
+def _triton_section(url, model, artifact_dir, sources, settings, concurrency, duration_s, console) -> dict:
+    from sskd_deploy.data.image_io import read_image
+    from sskd_deploy.pipeline_serve import bench_triton
+    from sskd_deploy.preprocess import preprocess_batch
+
+    def images_for(spec, n):
+        return preprocess_batch([read_image(p) for p in (sources * n)[:n]], spec.input_size)[0]
+
+    section = bench_triton(url, model, artifact_dir, images_for, levels=concurrency or [1], duration_s=duration_s,
+                           threads=settings.threads, iters=settings.iters, warmup=settings.warmup, console=console)
+    return section
+
+
+def _csv(rows: list[dict], fields: list[str]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    flat = [{**r, "pre_p50_ms": r.get("pre_ms", {}).get("p50"), "post_p50_ms": r.get("post_ms", {}).get("p50"),
+             "e2e_p50_ms": r.get("e2e_ms", {}).get("p50")} for r in result["rows"]]
+    atomic_write_text(out.with_suffix(".csv"), _csv(flat, CSV_FIELDS))
+    if "triton" in result:
+        load_fields = ["concurrency", "batch", "requests", "failures", "duration_s", "p50_ms", "p90_ms", "p99_ms",
+                       "mean_ms", "throughput_ips", "throughput_rps", "mean_server_batch"]
+        atomic_write_text(out.with_name(out.stem + "_triton_load.csv"), _csv(result["triton"]["load"], load_fields))
+    atomic_write_json(out, result, indent=2)
+
+
+def print_bench(result: dict, console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from sskd_deploy.pipeline_serve import print_load
+
+    def f(value, digits=1, scale=1.0, suffix=""):
+        return "n/a" if value is None else f"{value * scale:.{digits}f}{suffix}"
+
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        table = Table(title=f"{model}: ms per call", box=box.SIMPLE, pad_edge=False, collapse_padding=True)
+        for column in ("runner", "batch", "pre", "infer", "p99", "post", "e2e", "img/s", "%peak", "speed-up"):
+            table.add_column(column, justify="left" if column == "runner" else "right", no_wrap=True)
+        for r in (r for r in result["rows"] if r["model"] == model):
+            table.add_row(r["runner"], str(r["batch"]), f(r["pre_ms"]["p50"]), f(r["p50_ms"]), f(r["p99_ms"]),
+                          f(r["post_ms"]["p50"]), f(r["e2e_ms"]["p50"]), f(r["throughput_ips"]),
+                          f(r.get("peak_fraction"), 2, 100.0), f(r.get("speedup_vs_torch-fp32"), 2, suffix="x"))
+        console.print(table)
+    if result["rows"]:
+        console.print("p50 unless named; infer = runner.run, e2e = pre + infer + post; img/s from the mean infer "
+                      "time; %peak = achieved GFLOP/s over the measured peak; speed-up = torch-fp32 infer p50 / "
+                      "infer p50.", soft_wrap=True)
+    for p in result["pairs"]:
+        console.print(f"pair {p['teacher']} -> {p['student']} at {p['input_size'][0]}x{p['input_size'][1]}, "
+                      f"{p['runner']}: {p['teacher_p50_ms']:.1f} -> {p['student_p50_ms']:.1f} ms, "
+                      f"[bold]{p['speedup']:.2f}x[/bold] faster ({p['teacher_gflops']:.1f} -> "
+                      f"{p['student_gflops']:.1f} GFLOPs; paper: 350.9 -> 76.9 ms, 4.56x)", soft_wrap=True)
+    for s in result["skipped"]:
+        console.print(f"skipped {s['model']} / {s['runner']}: {s['reason']}", soft_wrap=True)
+    if "triton" in result:
+        print_load(result["triton"]["load"], console)

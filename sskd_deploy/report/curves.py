@@ -1,0 +1,79 @@
+"""Training curves of every stage in one figure, drawn from the stages' ``metrics.jsonl``.
+
+One figure with a panel per loss term lets a reader compare stages at a glance (the stage-2
+student should end below the supervised baseline on L_sup); the per-stage ``curves.png`` that
+training writes is only the fallback when a log cannot be read.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from sskd_deploy.report.html import Markup, figure, missing, note, number
+from sskd_deploy.report.runfiles import RunFiles, read_jsonl
+
+# The objective J = L_sup + lambda_semi L_semi + lambda_pxl L_pxl, one panel a term.
+PANELS = (("loss", "total loss J"), ("sup", "L_sup (labels)"), ("semi", "L_semi (pseudo-labels)"),
+          ("pxl", "L_pxl (pixel contrastive)"))
+# Fixed colours per stage, so a stage keeps its colour whichever stages a run has.
+STAGE_COLOURS = {"teacher_1a": "#1f77b4", "teacher_1b": "#17becf", "student_2": "#d62728",
+                 "student_3": "#ff7f0e", "supervised": "#7f7f7f"}
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(number(r.get("step")), number(r.get(key))) for r in records]
+    points = [(s, v) for s, v in points if s is not None and v is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_losses(metrics: dict[str, list[dict[str, Any]]]) -> bytes:
+    """PNG of one panel per term of J, a line per stage that logs it (matplotlib's Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 7), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (key, title) in enumerate(PANELS):
+        ax = fig.add_subplot(2, 2, i + 1)
+        drawn = 0
+        for stage, records in metrics.items():
+            steps, values = _series(records, key)
+            if steps:
+                ax.plot(steps, values, label=stage, color=STAGE_COLOURS.get(stage), linewidth=1.4)
+                drawn += 1
+        if drawn:
+            ax.legend(fontsize=8, frameon=False)
+        else:
+            ax.text(0.5, 0.5, "not logged by any stage", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def curve_parts(run: RunFiles, stages: Sequence[str]) -> list[Markup]:
+    """The combined figure for every stage whose log reads, then each other stage's own curves.png."""
+    metrics: dict[str, list[dict[str, Any]]] = {}
+    fallbacks: list[Markup] = []
+    for stage in stages:
+        records = read_jsonl(run.path(f"train/{stage}/metrics.jsonl"))
+        if records and _series(records, "loss")[0]:
+            metrics[stage] = records
+            continue
+        png = run.png(f"train/{stage}/curves.png")
+        if png is None:
+            fallbacks.append(missing(f"train/{stage}/metrics.jsonl", f"train --stages {stage}"))
+        else:
+            fallbacks.append(figure(png, caption=f"{stage}: curves.png written by training "
+                                                 "(its metrics.jsonl is missing or unreadable)"))
+    parts: list[Markup] = []
+    if metrics:
+        caption = f"Loss terms against the optimiser step, {len(metrics)} stage(s), from metrics.jsonl"
+        parts.append(figure(plot_losses(metrics), caption=caption, alt="training curves"))
+    elif not fallbacks:
+        parts.append(note("no training stages found"))
+    return parts + fallbacks

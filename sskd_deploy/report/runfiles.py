@@ -1,0 +1,95 @@
+"""Reading the pieces of a run directory for the report, each one optional.
+
+A run may stop after any step, so an absent file is normal and reads as ``None``; the section
+that wanted it says so on the page. A file that is present but broken is not normal: it would
+make the page lie by omission, so it is an :class:`~sskd_deploy.errors.InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sskd_deploy.errors import InputError
+from sskd_deploy.report.html import is_png
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The run directory ``root``; paths given to the readers are relative to it."""
+
+    root: Path
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).is_file()
+
+    def json(self, rel: str) -> dict[str, Any] | None:
+        """The JSON object in ``rel``; None when absent; InputError when unreadable or not an object."""
+        path = self.path(rel)
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(path, f"not valid JSON ({err})") from None
+        if not isinstance(doc, dict):
+            raise InputError(path, f"expected a JSON object, found {type(doc).__name__}")
+        return doc
+
+    def png(self, rel: str | Path) -> bytes | None:
+        """The bytes of a PNG file, or None when it is absent or not a PNG (nothing else is embedded)."""
+        path = self.root / rel
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return data if is_png(data) else None
+
+
+def open_run(run_dir: Path) -> RunFiles:
+    """Check that ``run_dir`` looks like a run: a directory with a manifest or a resolved config."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "no such run directory")
+    if not (run_dir / "manifest.json").is_file() and not (run_dir / "config.yaml").is_file():
+        raise InputError(run_dir, "not a run directory: it has neither manifest.json nor config.yaml "
+                                  "(run `sskd-deploy run`)")
+    return RunFiles(run_dir)
+
+
+def objects(doc: dict[str, Any], key: str, *, where: Path) -> list[dict[str, Any]]:
+    """``doc[key]`` as a list of JSON objects ([] when absent); InputError naming ``where`` otherwise."""
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise InputError(where, f"'{key}' must be a list of objects")
+    return value
+
+
+def mapping(doc: dict[str, Any], key: str, *, where: Path) -> dict[str, Any]:
+    """``doc[key]`` as a JSON object ({} when absent); InputError naming ``where`` otherwise."""
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(where, f"'{key}' must be an object")
+    return value
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]] | None:
+    """One JSON object a line; None when the file is absent or any line is unreadable, because a
+    curve drawn from part of a log would look like a finished one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not records or not all(isinstance(r, dict) for r in records):
+        return None
+    return records

@@ -1,0 +1,145 @@
+"""The benchmark harness on stand-in runners: stage timing, warm-up to steady state, percentiles,
+roofline attribution, the peaks probe, plots and the ``bench`` settings."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from sskd_deploy.bench.latency import add_speedups, stage_row, time_stages
+from sskd_deploy.bench.roofline import attach_roofline, measure_cpu_peaks, peak_for
+from sskd_deploy.bench_config import BenchConfig
+from sskd_deploy.runtime.base import RunnerInfo
+from sskd_deploy.spec import IOSpec
+
+SPEC = IOSpec(model_name="fake", class_names=("a", "b"), input_size=(32, 48), top_k=3)
+
+
+class SlowStartRunner:
+    """Answers with fixed outputs; the first ``slow_calls`` calls sleep ``slow_s``, halving each time (like a
+    compiled graph settling)."""
+
+    def __init__(self, *, slow_calls: int = 0, slow_s: float = 0.02, device: str = "cpu") -> None:
+        self.spec, self.max_batch, self.calls, self.slow_calls, self.slow_s = SPEC, 4, 0, slow_calls, slow_s
+        self.info = RunnerInfo(name="fake", backend="onnxruntime", precision="fp32", device=device)
+
+    def run(self, images: np.ndarray):
+        self.calls += 1
+        if self.calls <= self.slow_calls:
+            time.sleep(self.slow_s / 2 ** (self.calls - 1))
+        b = images.shape[0]
+        scores = np.tile(np.array([0.9, 0.6, 0.1], np.float32), (b, 1))  # two above the 0.5 threshold
+        labels = np.zeros((b, 3), np.int64)
+        logits = np.full((b, 3, 8, 12), 5.0, np.float32)
+        return scores, labels, logits
+
+    def close(self) -> None:
+        pass
+
+
+def _images(n: int) -> list[np.ndarray]:
+    return [np.random.default_rng(i).integers(0, 256, (40, 60, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_time_stages_times_pre_infer_post_and_counts_kept_instances() -> None:
+    runner = SlowStartRunner()
+    samples = time_stages(runner, _images(2), iters=5, warmup=2, score_threshold=0.5)
+    assert samples["warmup_calls"] >= 3 and runner.calls == samples["warmup_calls"] + 5  # 3: the steadiness window
+    assert samples["timer"] == "perf_counter"
+    assert all(len(samples[k]) == 5 for k in ("pre", "infer", "post", "e2e"))
+    assert samples["e2e"] == pytest.approx([a + b + c for a, b, c in zip(samples["pre"], samples["infer"],
+                                                                         samples["post"])])
+    assert samples["kept"] == 2.0
+    row = stage_row(samples, batch=2)
+    assert row["iters"] == 5 and row["p50_ms"] <= row["p99_ms"]
+    assert row["e2e_ms"]["p50"] >= row["p50_ms"] and row["throughput_ips"] == pytest.approx(2000 / row["mean_ms"])
+
+
+def test_warmup_continues_until_calls_are_steady() -> None:
+    runner = SlowStartRunner(slow_calls=5, slow_s=0.16)  # 160, 80, 40, 20, 10 ms, then fast
+    samples = time_stages(runner, _images(1), iters=4, warmup=1, score_threshold=0.5)
+    assert samples["warmup_calls"] >= 5  # the fixed count alone would have timed the slow calls
+    assert max(samples["infer"]) < 9  # ms: no slow call among the timed ones
+    assert time_stages(SlowStartRunner(slow_calls=5), _images(1), iters=2, warmup=0)["warmup_calls"] == 0
+    with pytest.raises(ValueError, match="iters"):
+        time_stages(runner, _images(1), iters=0, warmup=1)
+
+
+def test_roofline_holds_each_precision_against_its_own_peak() -> None:
+    peaks = {"cpu": {"fp32_gflops": 100.0, "int8_gops": 400.0, "memory_gbps": 10.0},
+             "cuda": {"fp32_gflops": 1000.0, "fp16_gflops": 4000.0, "bf16_gflops": 3900.0, "int8_gops": 8000.0}}
+    assert peak_for({"device": "cpu", "precision": "int8"}, peaks) == ("cpu.int8", 400.0)
+    assert peak_for({"device": "cpu", "precision": "fp16"}, peaks) == ("cpu.fp32", 100.0)
+    assert peak_for({"device": "cuda:0", "precision": "bf16"}, peaks) == ("cuda.bf16", 3900.0)
+    assert peak_for({"device": "cuda:0", "precision": "fp32"}, {"cpu": peaks["cpu"]}) is None
+    rows = [{"model": "m", "runner": "r", "device": "cpu", "precision": "int8", "batch": 2, "p50_ms": 10.0,
+             "gflops_per_image": 1.0, "parameters": 1000, "io_bytes_per_image": 500},
+            {"model": "m", "runner": "torch-fp32", "device": "cpu", "precision": "fp32", "batch": 2, "p50_ms": 40.0,
+             "gflops_per_image": 1.0, "parameters": 1000, "io_bytes_per_image": 500}]
+    attach_roofline(rows, peaks)
+    assert rows[0]["achieved_gflops"] == pytest.approx(200.0)  # 1 GFLOP x 2 images in 10 ms
+    assert rows[0]["peak_fraction"] == pytest.approx(0.5) and rows[0]["peak_name"] == "cpu.int8"
+    assert rows[0]["intensity"] == pytest.approx(2e9 / (1000 * 1 + 2 * 500))
+    assert rows[1]["peak_fraction"] == pytest.approx(0.5)
+    add_speedups(rows, "torch-fp32")
+    assert rows[0]["speedup_vs_torch-fp32"] == pytest.approx(4.0)
+
+
+def test_cpu_peaks_are_measured_through_each_library() -> None:
+    peaks = measure_cpu_peaks(1, n=128, repeats=2)
+    assert peaks["fp32_gflops"] > 0 and peaks["int8_gops"] > 0 and peaks["memory_gbps"] > 0
+    assert {"torch.mm", "onnxruntime.MatMul"} <= set(peaks["methods"]["fp32"])
+    assert "onnxruntime.MatMulInteger" in peaks["methods"]["int8"]
+    assert peaks["fp32_gflops"] == max(peaks["methods"]["fp32"].values())
+
+
+def test_plots_are_pngs(tmp_path) -> None:
+    from sskd_deploy.bench.plots import plot_latency, plot_roofline
+
+    rows = []
+    for runner, precision in (("torch-fp32", "fp32"), ("onnxruntime-int8", "int8")):
+        for batch in (1, 2):
+            rows.append({"model": "m", "runner": runner, "precision": precision, "device": "cpu", "batch": batch,
+                         "p50_ms": 10.0 * batch, "throughput_ips": 100.0, "pre_ms": {"p50": 1.0},
+                         "post_ms": {"p50": 2.0}, "gflops_per_image": 1.0, "parameters": 10, "io_bytes_per_image": 10})
+    pairs = [{"teacher": "t", "student": "s", "runner": "torch-fp32", "teacher_p50_ms": 30.0, "student_p50_ms": 10.0,
+              "speedup": 3.0}]
+    peaks = {"cpu": {"fp32_gflops": 100.0, "int8_gops": 400.0, "memory_gbps": 10.0}}
+    attach_roofline(rows, peaks)
+    for path in (plot_latency(rows, pairs, tmp_path / "l.png"), plot_roofline(rows, peaks, tmp_path / "r.png")):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 400
+
+
+def test_bench_settings_are_validated() -> None:
+    assert BenchConfig(batches=(4, 1, 2)).batches == (1, 2, 4)
+    for bad in ({"batches": ()}, {"batches": (1, 1)}, {"batches": (0,)}, {"gpu_dtypes": ("fp8",)},
+                {"pairs": (("teacher-tiny",),)}, {"threads": 0}):
+        with pytest.raises(ValidationError):
+            BenchConfig(**bad)
+
+
+def test_torch_runner_variants_keep_the_contract() -> None:
+    torch = pytest.importorskip("torch")
+    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.models.deploy import DeployWrapper
+    from sskd_deploy.models.maskformer import build_model
+    from sskd_deploy.runtime.torch_runner import TorchRunner
+
+    config = model_preset("student-tiny").with_classes(2).updated(input_size=(64, 96))
+    torch.manual_seed(0)
+    wrapper = DeployWrapper(model=build_model(config).eval(), spec=IOSpec.from_model_config(config, ("a", "b")))
+    with pytest.raises(ValueError, match="dtype"):
+        TorchRunner(wrapper=wrapper, dtype="fp8")
+    # bf16 autocast on the CPU: outputs keep the IOSpec dtypes and stay close to FP32
+    images = np.random.default_rng(0).integers(0, 256, (1, 3, 64, 96), dtype=np.uint8)
+    ref = TorchRunner(wrapper=wrapper).run(images)
+    low = TorchRunner(wrapper=wrapper, dtype="bf16")
+    got = low.run(images)
+    assert low.info.precision == "bf16" and low.info.provider == "eager-autocast"
+    assert [a.dtype for a in got] == [a.dtype for a in ref]
+    assert np.abs(got[0] - ref[0]).max() < 0.1
