@@ -6,7 +6,7 @@ results: batch sizes, thread count, warm-up and timed iterations, which extra ru
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, Strict, field_validator
 
@@ -27,6 +27,11 @@ class BenchConfig(Section):
     pairs: tuple[tuple[str, str], ...] = (("teacher-tiny", "student-tiny"),)  # (teacher, student): preset or checkpoint
     input_size: Optional[tuple[Count, Count]] = None  # presets and pairs at this size (null: a preset's own; a pair: the student's)
     gpu_dtypes: tuple[str, ...] = ("fp16", "bf16")  # extra PyTorch autocast rows when CUDA is present
+    # Main job only: serve the artifact on Triton (loopback, free ports), check parity through it and
+    # load-test it. auto: when a Triton install is found; on: a missing install is an error.
+    triton: Literal["auto", "on", "off"] = "auto"
+    triton_concurrency: tuple[Count, ...] = (1, 4)  # closed-loop load levels
+    triton_duration_s: Annotated[float, Strict(), Field(gt=0)] = 5.0  # seconds per level
 
     @field_validator("batches")
     @classmethod

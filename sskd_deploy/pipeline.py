@@ -133,13 +133,14 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
             raise SSKDError(f"export parity gate failed: see {Path(config.run.out_dir) / 'export' / 'parity.md'}")
 
     if "bench" in config.run.steps:
-        from sskd_deploy.pipeline_bench import bench_command
+        from sskd_deploy.pipeline_bench import main_job_bench
 
         start = time.perf_counter()
         export_dir = Path(config.export.out_dir) if config.export.out_dir else out / "export"
         artifact = export_dir if (export_dir / "manifest.json").is_file() else None
-        bench_command(config, artifact, console=console)
-        steps["bench"] = {"seconds": round(time.perf_counter() - start, 1), "result": "bench/latency.json"}
+        benched = main_job_bench(config, artifact, console=console)
+        steps["bench"] = {"seconds": round(time.perf_counter() - start, 1), "result": "bench/latency.json",
+                          "triton": benched["triton"]}
 
     manifest = {
         "format": "sskd-deploy/run", "version": 1, "config_hash": config_hash(config),

@@ -237,3 +237,46 @@ def print_bench(result: dict, console: Console) -> None:
         console.print(f"skipped {s['model']} / {s['runner']}: {s['reason']}", soft_wrap=True)
     if "triton" in result:
         print_load(result["triton"]["load"], console)
+
+
+def main_job_bench(config: Config, artifact_dir: Path | None, *, console: Console) -> dict[str, Any]:
+    """The main job's bench step: ``bench``, and with ``bench.triton`` the artifact served on loopback
+    (repository under the run directory), ``verify --triton`` and the load test through it."""
+    from sskd_deploy.serving.server import ServeError
+
+    settings = config.bench
+    if settings.triton == "off" or artifact_dir is None:
+        return {"result": bench_command(config, artifact_dir, console=console), "triton": "off"}
+    from sskd_deploy.export.artifact import read_manifest
+
+    # the served batch bound cannot exceed the graph's; the repository lives in the run, not the checkout
+    graph_max = int(read_manifest(artifact_dir)["export_config"]["max_batch"])
+    serve = config.serve.model_copy(update={"repository": Path(config.run.out_dir) / "serve" / "triton_models",
+                                            "max_batch": min(config.serve.max_batch, graph_max)})
+    served = config.model_copy(update={"serve": serve})
+    try:
+        from sskd_deploy.pipeline_serve import prepare_server
+
+        server, model, _, _ = prepare_server(served, artifact_dir, console=console, any_port=True)
+    except ServeError as err:
+        if settings.triton == "on":
+            raise
+        console.print(f"bench: no Triton leg ({err}); set bench.triton: off to silence this", soft_wrap=True)
+        return {"result": bench_command(config, artifact_dir, console=console), "triton": f"skipped: {err}"}
+    with server:
+        _verify_served(served, artifact_dir, server.grpc_url, model, console)
+        result = bench_command(config, artifact_dir, console=console, triton=server.grpc_url, triton_model=model,
+                               concurrency=list(settings.triton_concurrency), duration_s=settings.triton_duration_s)
+    return {"result": result, "triton": model}
+
+
+def _verify_served(config: Config, artifact_dir: Path, url: str, model: str, console: Console) -> None:
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.pipeline import print_parity
+    from sskd_deploy.pipeline_serve import verify_triton
+
+    data = resolve_data(config.data, console=console)
+    report = verify_triton(artifact_dir, url, model, data.val, config, console=console, report_name="parity_triton")
+    print_parity(report, console)
+    if not report["ok"]:
+        raise SSKDError(f"the served model disagrees with the artifact: see {artifact_dir / 'parity_triton.md'}")

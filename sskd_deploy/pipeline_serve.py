@@ -52,10 +52,9 @@ def served_graph(artifact_dir: Path, precision: str) -> ServedGraph:
                        artifact=str(artifact_dir))
 
 
-def serve_command(config: Config, artifact_dir: Path | None, *, console: Console,
-                  ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
-    """Generate the repository, start ``tritonserver``, wait until the model is ready, serve until
-    SIGINT/SIGTERM (or ``stop``), then shut the whole process group down. Returns the exit code."""
+def prepare_server(config: Config, artifact_dir: Path | None, *, console: Console, any_port: bool = False):
+    """Generate (or reuse) the repository and build the server for the artifact's ``serve.precision``
+    graph; returns ``(server, model, form, graph)`` with the server not yet started."""
     from sskd_deploy.serving.repository import generate_repository
     from sskd_deploy.serving.server import TritonServer, choose_form, free_port, locate_triton
 
@@ -67,10 +66,23 @@ def serve_command(config: Config, artifact_dir: Path | None, *, console: Console
     install = locate_triton(s.triton_home, s.backend_env)
     form = choose_form(install, s.backend, has_engine=repo["models"]["tensorrt"]["weights"] is not None)
     model = repo["models"][form]["name"]
-    ports = {k: (getattr(s, k) or free_port(s.host)) for k in ("grpc_port", "http_port", "metrics_port")}
+    ports = {k: (0 if any_port else getattr(s, k)) or free_port(s.host)
+             for k in ("grpc_port", "http_port", "metrics_port")}
     log_path = Path(config.run.out_dir) / "serve" / "tritonserver.log"
     server = TritonServer(install, Path(s.repository), [model], host=s.host, log_path=log_path,
                           startup_timeout_s=s.startup_timeout_s, **ports)
+    console.print(f"starting {install.describe()}")
+    return server, model, form, graph
+
+
+def serve_command(config: Config, artifact_dir: Path | None, *, console: Console,
+                  ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
+    """Generate the repository, start ``tritonserver``, wait until the model is ready, serve until
+    SIGINT/SIGTERM (or ``stop``), then shut the whole process group down. Returns the exit code."""
+    s = config.serve
+    server, model, form, graph = prepare_server(config, artifact_dir, console=console)
+    ports = {"grpc_port": server.grpc_port, "http_port": server.http_port, "metrics_port": server.metrics_port}
+    log_path = server.log_path
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -78,7 +90,6 @@ def serve_command(config: Config, artifact_dir: Path | None, *, console: Console
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         start = time.perf_counter()
-        console.print(f"starting {install.describe()}")
         server.start()
         console.print(f"[green]ready[/green] in {time.perf_counter() - start:.1f} s: model {model} "
                       f"({form} backend, {graph.precision}, max batch {s.max_batch}, {s.instances} instance(s))")

@@ -4,6 +4,7 @@ its manifest and parity report, the gate's exit code, and bad input that must le
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -164,12 +165,20 @@ def test_main_job_benches_and_reports(exported, capsys) -> None:
     run = artifact.parent
     assert main(["run", "--config", str(config), "--set", "run.steps=[bench, report]", "--set", "bench.batches=[1]",
                  "--set", "bench.iters=2", "--set", "bench.warmup=1", "--set", "bench.compile=false",
-                 "--set", "bench.pairs=[]"]) == 0
+                 "--set", "bench.pairs=[]", "--set", "bench.triton_concurrency=[1]",
+                 "--set", "bench.triton_duration_s=1.0"]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert {"bench", "report"} <= set(manifest["steps"]) and "train" not in manifest["steps"]
-    rows = json.loads((run / "bench" / "latency.json").read_text())["rows"]
-    assert {"torch-fp32", "onnxruntime-int8"} <= {r["runner"] for r in rows}
+    result = json.loads((run / "bench" / "latency.json").read_text())
+    assert {"torch-fp32", "onnxruntime-int8"} <= {r["runner"] for r in result["rows"]}
+    if manifest["steps"]["bench"]["triton"].startswith("skipped"):  # no Triton environment on this machine
+        assert not os.environ.get("SSKD_REQUIRE_TRITON"), manifest["steps"]["bench"]["triton"]
+    else:  # served on loopback from a repository inside the run: parity through it, then load
+        assert (run / "serve" / "triton_models").is_dir()
+        assert json.loads((artifact / "parity_triton.json").read_text())["ok"]
+        assert result["triton"]["load"][0]["failures"] == 0 and result["triton"]["load"][0]["requests"] > 0
     report = run / "report.html"
     assert str(report) in capsys.readouterr().out.replace("\n", "")
     html = report.read_text()
     assert html.startswith("<!DOCTYPE html>") and "onnxruntime-int8" in html and "src=\"http" not in html
+    assert "triton" in html
