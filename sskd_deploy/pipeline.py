@@ -292,6 +292,7 @@ def verify_command(artifact_dir: Path, config: Config, *, console: Console, spli
 
 
 def print_parity(report: dict, console: Console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from rich import box
@@ -315,4 +316,4 @@ def print_parity(report: dict, console: Console) -> None:
     console.print(f"providers: {providers}. "
                   "'agree': detections above 0.5 matched by label and mask IoU >= 0.5.", soft_wrap=True)
     for skipped in report.get("skipped", []):
-        console.print(f"skipped {skipped['runner']}: {skipped['reason']}", soft_wrap=True)
+        console.print(escape(f"skipped {skipped['runner']}: {skipped['reason']}"), soft_wrap=True)

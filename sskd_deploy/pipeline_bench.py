@@ -67,8 +67,8 @@ def time_pairs(settings: BenchConfig, images: list, *, num_classes: int, log) ->
             log(f"[bold]{group.label}[/bold] ({role}) at {size[0]}x{size[1]}, {group.gflops_per_image:.1f} GFLOPs")
             group_rows, _ = time_group(group, images, settings, batches=[1], log=log)
             group.close()
-            for row in group_rows:
-                row["pair_role"] = role
+            for row in group_rows:  # a pair member may also be timed on its own (--model): keep the rows apart
+                row["pair_role"], row["model"] = role, f"{group.label}, pair {role}"
             rows += group_rows
             timed[role] = {r["runner"]: r for r in group_rows}
         for runner in timed["student"].keys() & timed["teacher"].keys():
@@ -208,6 +208,7 @@ def write_outputs(result: dict, out: Path) -> None:
 
 def print_bench(result: dict, console: Console) -> None:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from sskd_deploy.pipeline_serve import print_load
@@ -233,8 +234,8 @@ def print_bench(result: dict, console: Console) -> None:
                       f"{p['runner']}: {p['teacher_p50_ms']:.1f} -> {p['student_p50_ms']:.1f} ms, "
                       f"[bold]{p['speedup']:.2f}x[/bold] faster ({p['teacher_gflops']:.1f} -> "
                       f"{p['student_gflops']:.1f} GFLOPs; paper: 350.9 -> 76.9 ms, 4.56x)", soft_wrap=True)
-    for s in result["skipped"]:
-        console.print(f"skipped {s['model']} / {s['runner']}: {s['reason']}", soft_wrap=True)
+    for s in result["skipped"]:  # reasons quote pip extras like '.[tensorrt]': not rich markup
+        console.print(escape(f"skipped {s['model']} / {s['runner']}: {s['reason']}"), soft_wrap=True)
     if "triton" in result:
         print_load(result["triton"]["load"], console)
 
@@ -242,6 +243,8 @@ def print_bench(result: dict, console: Console) -> None:
 def main_job_bench(config: Config, artifact_dir: Path | None, *, console: Console) -> dict[str, Any]:
     """The main job's bench step: ``bench``, and with ``bench.triton`` the artifact served on loopback
     (repository under the run directory), ``verify --triton`` and the load test through it."""
+    from rich.markup import escape
+
     from sskd_deploy.serving.server import ServeError
 
     settings = config.bench
@@ -261,7 +264,7 @@ def main_job_bench(config: Config, artifact_dir: Path | None, *, console: Consol
     except ServeError as err:
         if settings.triton == "on":
             raise
-        console.print(f"bench: no Triton leg ({err}); set bench.triton: off to silence this", soft_wrap=True)
+        console.print(escape(f"bench: no Triton leg ({err}); set bench.triton: off to silence this"), soft_wrap=True)
         return {"result": bench_command(config, artifact_dir, console=console), "triton": f"skipped: {err}"}
     with server:
         _verify_served(served, artifact_dir, server.grpc_url, model, console)

@@ -6,6 +6,7 @@ slower in a 15 W mode than in MAXN with the clocks locked.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ def bench_environment() -> dict[str, Any]:
 
     env = environment()
     env["torch_threads"] = torch.get_num_threads()
+    env["openblas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "unset (OpenBLAS default: all cores)")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",

@@ -3,6 +3,7 @@ roofline attribution, the peaks probe, plots and the ``bench`` settings."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -143,3 +144,14 @@ def test_torch_runner_variants_keep_the_contract() -> None:
     assert low.info.precision == "bf16" and low.info.provider == "eager-autocast"
     assert [a.dtype for a in got] == [a.dtype for a in ref]
     assert np.abs(got[0] - ref[0]).max() < 0.1
+
+
+def test_cli_keeps_numpy_blas_to_one_thread_unless_told(monkeypatch) -> None:
+    from sskd_deploy.cli import main
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert main(["version"]) == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")  # the user's choice stands
+    assert main(["version"]) == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
