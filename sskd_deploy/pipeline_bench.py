@@ -149,6 +149,10 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     rows += pair_rows
     add_speedups(rows, "torch-fp32")
     attach_roofline(rows, peaks)
+    over = [f"{r['runner']} batch {r['batch']}" for r in rows if (r.get("peak_fraction") or 0) > 1]
+    if over:  # a peak measured while something else loaded the machine: fractions are not trustworthy
+        console.print(f"[yellow]warning[/yellow]: {', '.join(over)} ran faster than the measured peak; the peaks "
+                      "were measured under load. Re-run bench on an idle machine.", soft_wrap=True)
     out = out or run_dir / "bench" / "latency.json"
     result = {"format": "sskd-deploy/bench", "version": 2, "settings": settings.model_dump(mode="json"),
               "environment": bench_environment(), "versions": library_versions(), "peaks": peaks, "rows": rows,

@@ -107,7 +107,9 @@ def test_bench_times_every_runner(exported, tmp_path) -> None:
     assert {(r["runner"], r["batch"]) for r in rows} == {(n, b) for n in runners for b in (1, 2)}
     for r in rows:
         assert r["p50_ms"] > 0 and r["threads"] == 2 and r["pre_ms"]["p50"] > 0 and r["post_ms"]["p50"] > 0
-        assert r["e2e_ms"]["p50"] >= r["p50_ms"] and 0 < r["peak_fraction"] < 1
+        # the fraction itself can exceed 1 here: xdist's other worker may load the CPU while peaks are measured
+        assert r["e2e_ms"]["p50"] >= r["p50_ms"] and r["peak_fraction"] > 0
+        assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / r["peak_gflops"])
         assert r["peak_name"] == ("cpu.int8" if r["precision"] == "int8" else "cpu.fp32")
     (pair,) = result["pairs"]
     assert pair["input_size"] == [64, 96] and pair["teacher_gflops"] > pair["student_gflops"] > 0
