@@ -48,7 +48,7 @@ def wall_timer(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def cuda_event_timer(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """GPU time between two events recorded around ``fn`` (which must return host arrays, i.e. sync)."""
+    """GPU time between two events recorded on the current stream around ``fn``; waits for the second."""
     import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sskd_deploy.io import atomic_write_text
 from sskd_deploy.runtime.base import Runner
@@ -35,9 +34,8 @@ class ModelGroup:
     @property
     def io_bytes_per_image(self) -> int:
         """uint8 input plus the three outputs (f32 scores, i64 labels, f32 stride-4 mask logits)."""
-        h, w = self.spec.input_size
-        k = self.spec.top_k
-        return 3 * h * w + k * (4 + 8) + k * (h // self.spec.mask_stride) * (w // self.spec.mask_stride) * 4
+        (h, w), (mh, mw), k = self.spec.input_size, self.spec.mask_size, self.spec.top_k
+        return 3 * h * w + k * (4 + 8) + k * mh * mw * 4
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -163,8 +161,3 @@ def preset_group(preset: str, work_dir: Path, *, num_classes: int, threads: int,
     runners["onnxruntime-int8"] = OrtRunner(int8, threads=threads, name="onnxruntime-int8")
     return ModelGroup(label=label, spec=wrapper.spec, runners=runners, gflops_per_image=gflops, parameters=params)
 
-
-def describe(group: ModelGroup) -> dict[str, Any]:
-    h, w = group.spec.input_size
-    return {"model": group.label, "input_size": [h, w], "gflops_per_image": group.gflops_per_image,
-            "parameters": group.parameters, "runners": list(group.runners), "skipped": group.skipped}

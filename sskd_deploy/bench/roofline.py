@@ -11,27 +11,21 @@ held against the INT8 peak, everything else against the peak of the precision it
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from sskd_deploy.bench.latency import Timer, cuda_event_timer, wall_timer
+
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "mixed": 1}
 
 
-def _best_rate(fn: Callable[[], Any], work: float, *, repeats: int, timer=None) -> float:
+def _best_rate(fn: Callable[[], Any], work: float, *, repeats: int, timer: Timer = wall_timer) -> float:
     """``work`` units per second of the fastest of ``repeats`` calls (one untimed call first), in G/s."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if timer is None:
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        else:
-            best = min(best, timer(fn))
-    return work / best / 1e9
+    best_ms = min(timer(fn)[1] for _ in range(repeats))
+    return work / (best_ms / 1000.0) / 1e9
 
 
 def _ort_session(kind: str, n: int, threads: int):
@@ -89,14 +83,6 @@ def measure_cuda_peaks(*, n: int = 8192, repeats: int = 10) -> dict[str, Any]:
     """FP32 (no TF32), TF32, FP16, BF16 and INT8 matmul rates and copy bandwidth of CUDA device 0."""
     import torch
 
-    def event_time(fn) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-
     work, peaks = 2.0 * n**3, {}
     tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -104,15 +90,15 @@ def measure_cuda_peaks(*, n: int = 8192, repeats: int = 10) -> dict[str, Any]:
                                         ("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)):
             torch.backends.cuda.matmul.allow_tf32 = allow_tf32
             a = torch.randn(n, n, device="cuda", dtype=dtype)
-            peaks[f"{name}_gflops"] = _best_rate(lambda a=a: a @ a, work, repeats=repeats, timer=event_time)
+            peaks[f"{name}_gflops"] = _best_rate(lambda a=a: a @ a, work, repeats=repeats, timer=cuda_event_timer)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     i8 = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
-    peaks["int8_gops"] = _best_rate(lambda: torch._int_mm(i8, i8), work, repeats=repeats, timer=event_time)
+    peaks["int8_gops"] = _best_rate(lambda: torch._int_mm(i8, i8), work, repeats=repeats, timer=cuda_event_timer)
     src = torch.ones(256 * 2**20, device="cuda")
     dst = torch.empty_like(src)
     peaks["memory_gbps"] = _best_rate(lambda: dst.copy_(src), 2.0 * src.numel() * 4, repeats=repeats,
-                                      timer=event_time)
+                                      timer=cuda_event_timer)
     peaks["device"] = torch.cuda.get_device_name(0)
     return peaks
 
