@@ -28,6 +28,9 @@ app.add_typer(data_app, name="data")
 model_app = typer.Typer(help="Inspect model presets and checkpoints.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
+teacher_app = typer.Typer(help="The Grounding DINO + SAM2 foundation-model teacher: zero-shot AP and "
+                               "pseudo-labels.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the embedded default).")
@@ -379,6 +382,88 @@ def model_info_cmd(
 
     describe_model(name, input_size=_parse_size(input_size) if input_size else None, num_classes=num_classes,
                    iters=iters, threads=threads, json_out=json_out, console=_console())
+
+
+WeightsOption = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Grounded-SAM2 weights directory (grounding_dino/ and sam2/ inside); default: the "
+                      "config's train.grounded_sam2.weights.")]
+AllowDownload = Annotated[bool, typer.Option(
+    "--allow-download", help="Fetch missing weights from the Hugging Face Hub (from_pretrained).")]
+
+
+def _grounded_settings(config_path, overrides, *, weights, allow_download, box_threshold, max_instances,
+                       batch_size, input_size):
+    """The config's grounded_sam2 section with the command-line choices applied, and the run input size."""
+    config = _load_config(config_path, overrides)
+    g = config.train.grounded_sam2
+    changes = {"allow_download": allow_download or g.allow_download}
+    for key, value in (("weights", weights), ("box_threshold", box_threshold), ("max_instances", max_instances),
+                       ("batch_size", batch_size)):
+        if value is not None:
+            changes[key] = value
+    if input_size:
+        changes["input_size"] = _parse_size(input_size)
+    from sskd_deploy.teacher_config import GroundedSam2Config
+
+    cfg = GroundedSam2Config.model_validate({**g.model_dump(), **changes})
+    default = tuple(config.train.input_size or (800, 1344))
+    return cfg, default, config.train.device
+
+
+@teacher_app.command("zero-shot")
+def teacher_zero_shot(
+    data: Annotated[Path, typer.Option("--data", help="Dataset directory or COCO json with a labeled split.")],
+    weights: WeightsOption = None,
+    split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: val when present).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for eval.json and "
+                                                          "predictions.json.")] = Path("runs/zero_shot"),
+    box_threshold: Annotated[Optional[float], typer.Option(help="Box score threshold (default 0.3).")] = None,
+    max_instances: Annotated[Optional[int], typer.Option(help="At most this many boxes per image.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per teacher call.")] = None,
+    input_size: Annotated[Optional[str], typer.Option(help="Grounding DINO input HxW (default: the config's "
+                                                           "train.input_size).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default: train.device).")] = None,
+    allow_download: AllowDownload = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Zero-shot mask AP of Grounding DINO + SAM2 on a labeled split (the paper's zero-shot VFM row)."""
+    from sskd_deploy.pipeline_teacher import zero_shot_command
+
+    cfg, default, train_device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
+                                                    box_threshold=box_threshold, max_instances=max_instances,
+                                                    batch_size=batch_size, input_size=input_size)
+    zero_shot_command(weights=cfg.weights, data=data, split=split, cfg=cfg, out=out, default_size=default,
+                      device=device or train_device, console=_console())
+
+
+@teacher_app.command("label")
+def teacher_label(
+    data: Annotated[Path, typer.Option("--data", help="Dataset directory or COCO json; its labels are ignored.")],
+    weights: WeightsOption = None,
+    split: Annotated[Optional[str], typer.Option(help="Split to label (default: train when present).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names (default: the "
+                                                        "dataset's).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store root; the store is OUT/<key>/.")] = Path(
+        "runs/pseudo"),
+    box_threshold: Annotated[Optional[float], typer.Option(help="Box score threshold (default 0.3).")] = None,
+    max_instances: Annotated[Optional[int], typer.Option(help="At most this many instances per image.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per teacher call.")] = None,
+    input_size: Annotated[Optional[str], typer.Option(help="Grounding DINO input HxW.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default: train.device).")] = None,
+    allow_download: AllowDownload = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Zero-shot pseudo-labels for a split, in the store format stage 1b and stage 2 consume."""
+    from sskd_deploy.pipeline_teacher import label_command
+
+    cfg, default, train_device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
+                                                    box_threshold=box_threshold, max_instances=max_instances,
+                                                    batch_size=batch_size, input_size=input_size)
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    label_command(weights=cfg.weights, data=data, split=split, classes=names, cfg=cfg, out=out,
+                  default_size=default, device=device or train_device, console=_console())
 
 
 @app.command()

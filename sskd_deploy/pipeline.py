@@ -172,6 +172,8 @@ def describe_model(
     from sskd_deploy.model_config import model_preset
     from sskd_deploy.models.info import model_info
 
+    if name in GROUNDED_NAMES or (Path(name) / "grounding_dino").is_dir():
+        return describe_grounded(name, console=console, json_out=json_out)
     if Path(name).suffix in (".safetensors", ".pt", ".pth"):
         from sskd_deploy.models.checkpoint import read_checkpoint
 
@@ -192,6 +194,41 @@ def describe_model(
     if json_out is not None:
         atomic_write_json(json_out, info.to_dict(), indent=2)
     return info.to_dict()
+
+
+GROUNDED_NAMES = ("grounded-sam2", "grounded-sam2-l")
+
+
+def describe_grounded(name: str, *, console: Console, json_out: Path | None) -> dict:
+    """``model info grounded-sam2``: parameters of the real Grounding DINO (Swin-L) + SAM2.1 (Hiera-L)
+    configurations (or of a weights directory), built with random weights, beside student-s."""
+    import torch
+    from rich.table import Table
+
+    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.models.grounded_sam2 import count_directory_parameters, count_large_parameters
+    from sskd_deploy.models.info import count_parameters
+    from sskd_deploy.models.maskformer import build_model
+
+    counts = count_large_parameters() if name in GROUNDED_NAMES else count_directory_parameters(Path(name))
+    label = "Grounding DINO Swin-L + SAM2.1 Hiera-L" if name in GROUNDED_NAMES else str(name)
+    student_config = model_preset("student-s").with_classes(8).updated(encoder={"weights": None})
+    with torch.device("meta"):
+        student = count_parameters(build_model(student_config))
+    ratio = counts["total"] / student["total"]
+    table = Table(title=f"teacher {label} (random weights) beside student-s")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for part, count in counts.items():
+        table.add_row(f"teacher {part}", f"{count / 1e6:.2f}M")
+    table.add_row("student-s total", f"{student['total'] / 1e6:.2f}M")
+    console.print(table)
+    console.print(f"teacher / student-s = {ratio:.1f}x (paper: 568M / 52M, about 10.9x)")
+    result = {"name": name, "teacher": counts, "student": {"name": "student-s", **student},
+              "ratio": round(ratio, 3)}
+    if json_out is not None:
+        atomic_write_json(json_out, result, indent=2)
+    return result
 
 
 def train_command(config: Config, *, stages: str | None, console: Console) -> dict:

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from sskd_deploy.config_types import PathField, Section
+from sskd_deploy.teacher_config import GROUNDED_SAM2, GroundedSam2Config
 
 STAGES = ("teacher_1a", "teacher_1b", "student_2", "student_3", "supervised")
 
@@ -72,6 +73,8 @@ class TrainConfig(Section):
     input_size: Optional[tuple[int, int]] = (192, 256)  # overrides the presets' size; None keeps it
     student_weights: Optional[PathField] = None  # pretrained encoder weights (HF dir or DINOv2 .pth)
     teacher_weights: Optional[PathField] = None
+    # train.teacher: grounded-sam2 -> the foundation-model teacher (Grounding DINO + SAM2) set up here
+    grounded_sam2: GroundedSam2Config = GroundedSam2Config()
     stages: tuple[str, ...] = STAGES
     lambda_pxl: float = Field(0.1, ge=0)
     lambda_semi: float = Field(1.0, ge=0)
@@ -99,13 +102,22 @@ class TrainConfig(Section):
             raise ValueError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
         return value
 
-    @field_validator("student", "teacher")
+    @field_validator("student")
     @classmethod
     def _known_preset(cls, value: str) -> str:
         from sskd_deploy.model_config import PRESETS
 
         if value not in PRESETS:
             raise ValueError(f"unknown model preset {value!r}; known: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("teacher")
+    @classmethod
+    def _known_teacher(cls, value: str) -> str:
+        from sskd_deploy.model_config import PRESETS
+
+        if value not in PRESETS and value != GROUNDED_SAM2:
+            raise ValueError(f"unknown teacher {value!r}; known: {', '.join([*PRESETS, GROUNDED_SAM2])}")
         return value
 
     def backbone_lr_mult_for(self, role: str) -> float:

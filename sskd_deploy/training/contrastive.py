@@ -134,6 +134,13 @@ class PixelContrast(nn.Module):
         # Stop-gradient target: frozen, so no optimizer or DDP reducer ever expects a gradient for it.
         self.strong_head.requires_grad_(False)
 
+    @classmethod
+    def from_config(cls, cfg, *, in_channels: int, patch_size: int | None) -> PixelContrast:
+        """From a ``train.pxl`` section (:class:`~sskd_deploy.train_config.PixelContrastConfig`)."""
+        return cls(in_channels=in_channels, hidden_dim=cfg.hidden_dim, embed_dim=cfg.embed_dim,
+                   num_negatives=cfg.num_negatives, sampling=cfg.sampling, max_anchors=cfg.max_anchors,
+                   patch_size=patch_size)
+
     def forward(
         self, feat_weak: Tensor, feat_strong: Tensor, pred_logits: Tensor, pred_masks: Tensor, *,
         temperature: float, instance_ids: Tensor | None = None, generator: torch.Generator | None = None,

@@ -46,6 +46,14 @@ def ids_on_grid(instance_ids: Tensor, grid: tuple[int, int], patch: int) -> Tens
     return instance_ids[:, offset : offset + grid[0] * patch : patch, offset : offset + grid[1] * patch : patch]
 
 
+def add_pixel_term(terms: dict, loss: Tensor, loss_pxl: Tensor, diagnostics: dict[str, float],
+                   weights: ObjectiveWeights) -> Tensor:
+    """Record L_pxl and its diagnostics in ``terms``; return ``loss + lambda_pxl * L_pxl``."""
+    terms["pxl"] = loss_pxl
+    terms.update({k: torch.tensor(v) for k, v in diagnostics.items()})
+    return loss + weights.lambda_pxl * loss_pxl
+
+
 def make_step(
     *, criterion: SetCriterion, pxl: PixelContrast | None, weights: ObjectiveWeights, total_steps: int,
     generator_seed: int = 0,
@@ -69,9 +77,7 @@ def make_step(
             loss = loss + weights.lambda_semi * terms["semi"]
         if pxl is not None and weights.lambda_pxl > 0:
             loss_pxl, diagnostics = _pixel_term(net, pxl, parts, outputs, step, total_steps, weights, generator_seed)
-            terms["pxl"] = loss_pxl
-            terms.update({k: torch.tensor(v) for k, v in diagnostics.items()})
-            loss = loss + weights.lambda_pxl * loss_pxl
+            loss = add_pixel_term(terms, loss, loss_pxl, diagnostics, weights)
         terms["loss"] = loss
         return terms
 

@@ -19,6 +19,7 @@ from sskd_deploy.train_config import StageSchedule
 from sskd_deploy.training.context import TrainContext, mark_complete, read_complete, require_stage
 from sskd_deploy.training.contrastive import PixelContrast
 from sskd_deploy.training.data import collate_samples
+from sskd_deploy.training.grounded import grounded_teacher_1a, grounded_teacher_1b, is_grounded
 from sskd_deploy.training.logging import plot_curves
 from sskd_deploy.training.loop import LoopConfig, train_loop
 from sskd_deploy.training.objective import ObjectiveWeights, make_step, unwrap
@@ -39,11 +40,8 @@ def fit(
     )
     contrast = None
     if pxl and t.lambda_pxl > 0:
-        contrast = PixelContrast(
-            in_channels=model.encoder.hidden_size, hidden_dim=t.pxl.hidden_dim, embed_dim=t.pxl.embed_dim,
-            num_negatives=t.pxl.num_negatives, sampling=t.pxl.sampling, max_anchors=t.pxl.max_anchors,
-            patch_size=model.encoder.patch_size,
-        ).to(ctx.device)
+        contrast = PixelContrast.from_config(t.pxl, in_channels=model.encoder.hidden_size,
+                                             patch_size=model.encoder.patch_size).to(ctx.device)
     groups = model.parameter_groups()
     extra = {}
     if contrast is not None:
@@ -100,6 +98,8 @@ def teacher_1a(ctx: TrainContext) -> dict:
     """theta_T0 -> theta_T': L_sup + lambda_pxl L_pxl on the labeled set."""
     if (record := _done(ctx, "teacher_1a")) is not None:
         return record
+    if is_grounded(ctx):
+        return grounded_teacher_1a(ctx)
     model = ctx.load(ctx.initial_weights("teacher"), "teacher")
     return fit(ctx, "teacher_1a", model, ctx.samples(ctx.data.labeled, 11), ctx.train.teacher_1a,
                role="teacher", semi=False, pxl=True)
@@ -109,6 +109,8 @@ def teacher_1b(ctx: TrainContext) -> dict:
     """theta_T' pseudo-labels D_u; re-initialise from theta_T0; train on D_l + pseudo-labeled D_u with J."""
     if (record := _done(ctx, "teacher_1b")) is not None:
         return record
+    if is_grounded(ctx):
+        return grounded_teacher_1b(ctx, require_stage(ctx, "teacher_1a", "teacher_1b"))
     store = pseudo_label(ctx, require_stage(ctx, "teacher_1a", "teacher_1b"))
     model = ctx.load(ctx.initial_weights("teacher"), "teacher")
     return fit(ctx, "teacher_1b", model, ctx.paired(store.dataset, 21), ctx.train.teacher_1b,

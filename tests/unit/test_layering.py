@@ -17,22 +17,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
 CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
-        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "bench_config", "model_config", "data"}
-LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}
+        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "bench_config", "model_config", "teacher_config", "data"}
+LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}
 
 # layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed
 FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
     "core": (LAYERS, HEAVY),
     "models": (LAYERS - {"models"}, {"tensorrt", "torch_tensorrt", "tritonclient", "onnxruntime"}),
-    "training": ({"export", "serving", "runtime", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"},
+    "training": ({"export", "serving", "runtime", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"},
                  {"tensorrt", "tritonclient"}),
-    "export": ({"training", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, {"tritonclient"}),
-    "runtime": ({"training", "export", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, set()),
-    "serving": ({"models", "training", "export", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"},
+    "export": ({"training", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}, {"tritonclient"}),
+    "runtime": ({"training", "export", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}, set()),
+    "serving": ({"models", "training", "export", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"},
                 {"torch", "transformers"}),
-    "bench": ({"training", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, set()),
+    "bench": ({"training", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}, set()),
     # the report reads what every step wrote and may run the model, but never trains or drives the CLI
-    "report": ({"training", "serving", "cli", "pipeline", "pipeline_serve", "pipeline_bench"}, set()),
+    "report": ({"training", "serving", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}, set()),
 }
 
 
