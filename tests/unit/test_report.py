@@ -263,3 +263,12 @@ def test_importing_the_report_loads_no_model_runtime() -> None:
     code = "import sys, sskd_deploy.report; bad = [m for m in ('torch', 'onnxruntime') if m in sys.modules]; " \
            "assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_paper_table_shows_the_zero_shot_teacher_row() -> None:
+    from sskd_deploy.report.training import _paper_table
+
+    with_zero_shot = str(_paper_table({"teacher_1a": {"ap": 0.3, "ap50": 0.5, "zero_shot_ap": 0.1234,
+                                                      "zero_shot_ap50": 0.25}}))
+    assert "teacher_1a, before training" in with_zero_shot and "12.34" in with_zero_shot
+    assert "before training" not in str(_paper_table({"teacher_1a": {"ap": 0.3, "ap50": 0.5}}))
