@@ -391,9 +391,20 @@ AllowDownload = Annotated[bool, typer.Option(
     "--allow-download", help="Fetch missing weights from the Hugging Face Hub (from_pretrained).")]
 
 
+BoxThreshold = Annotated[Optional[float], typer.Option(help="Box score threshold (default 0.3).")]
+MaxInstances = Annotated[Optional[int], typer.Option(help="At most this many boxes (instances) per image.")]
+TeacherBatch = Annotated[Optional[int], typer.Option(help="Images per teacher call.")]
+TeacherInputSize = Annotated[Optional[str], typer.Option(help="Grounding DINO input HxW (default: "
+                                                              "train.grounded_sam2.input_size, else train.input_size).")]
+TeacherDevice = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default: train.device).")]
+
+
 def _grounded_settings(config_path, overrides, *, weights, allow_download, box_threshold, max_instances,
-                       batch_size, input_size):
-    """The config's grounded_sam2 section with the command-line choices applied, and the run input size."""
+                       batch_size, input_size, device):
+    """The config's grounded_sam2 section with the command-line choices applied (its input size always
+    resolved) and the device."""
+    from sskd_deploy.teacher_config import GroundedSam2Config
+
     config = _load_config(config_path, overrides)
     g = config.train.grounded_sam2
     changes = {"allow_download": allow_download or g.allow_download}
@@ -403,11 +414,10 @@ def _grounded_settings(config_path, overrides, *, weights, allow_download, box_t
             changes[key] = value
     if input_size:
         changes["input_size"] = _parse_size(input_size)
-    from sskd_deploy.teacher_config import GroundedSam2Config
-
+    elif g.input_size is None:
+        changes["input_size"] = tuple(config.train.input_size or (800, 1344))
     cfg = GroundedSam2Config.model_validate({**g.model_dump(), **changes})
-    default = tuple(config.train.input_size or (800, 1344))
-    return cfg, default, config.train.device
+    return cfg, device or config.train.device
 
 
 @teacher_app.command("zero-shot")
@@ -417,12 +427,11 @@ def teacher_zero_shot(
     split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: val when present).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for eval.json and "
                                                           "predictions.json.")] = Path("runs/zero_shot"),
-    box_threshold: Annotated[Optional[float], typer.Option(help="Box score threshold (default 0.3).")] = None,
-    max_instances: Annotated[Optional[int], typer.Option(help="At most this many boxes per image.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per teacher call.")] = None,
-    input_size: Annotated[Optional[str], typer.Option(help="Grounding DINO input HxW (default: the config's "
-                                                           "train.input_size).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default: train.device).")] = None,
+    box_threshold: BoxThreshold = None,
+    max_instances: MaxInstances = None,
+    batch_size: TeacherBatch = None,
+    input_size: TeacherInputSize = None,
+    device: TeacherDevice = None,
     allow_download: AllowDownload = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -430,11 +439,10 @@ def teacher_zero_shot(
     """Zero-shot mask AP of Grounding DINO + SAM2 on a labeled split (the paper's zero-shot VFM row)."""
     from sskd_deploy.pipeline_teacher import zero_shot_command
 
-    cfg, default, train_device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
-                                                    box_threshold=box_threshold, max_instances=max_instances,
-                                                    batch_size=batch_size, input_size=input_size)
-    zero_shot_command(weights=cfg.weights, data=data, split=split, cfg=cfg, out=out, default_size=default,
-                      device=device or train_device, console=_console())
+    cfg, device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
+                                     box_threshold=box_threshold, max_instances=max_instances,
+                                     batch_size=batch_size, input_size=input_size, device=device)
+    zero_shot_command(data=data, split=split, cfg=cfg, out=out, device=device, console=_console())
 
 
 @teacher_app.command("label")
@@ -446,11 +454,11 @@ def teacher_label(
                                                         "dataset's).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Store root; the store is OUT/<key>/.")] = Path(
         "runs/pseudo"),
-    box_threshold: Annotated[Optional[float], typer.Option(help="Box score threshold (default 0.3).")] = None,
-    max_instances: Annotated[Optional[int], typer.Option(help="At most this many instances per image.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per teacher call.")] = None,
-    input_size: Annotated[Optional[str], typer.Option(help="Grounding DINO input HxW.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default: train.device).")] = None,
+    box_threshold: BoxThreshold = None,
+    max_instances: MaxInstances = None,
+    batch_size: TeacherBatch = None,
+    input_size: TeacherInputSize = None,
+    device: TeacherDevice = None,
     allow_download: AllowDownload = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -458,12 +466,11 @@ def teacher_label(
     """Zero-shot pseudo-labels for a split, in the store format stage 1b and stage 2 consume."""
     from sskd_deploy.pipeline_teacher import label_command
 
-    cfg, default, train_device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
-                                                    box_threshold=box_threshold, max_instances=max_instances,
-                                                    batch_size=batch_size, input_size=input_size)
+    cfg, device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
+                                     box_threshold=box_threshold, max_instances=max_instances,
+                                     batch_size=batch_size, input_size=input_size, device=device)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    label_command(weights=cfg.weights, data=data, split=split, classes=names, cfg=cfg, out=out,
-                  default_size=default, device=device or train_device, console=_console())
+    label_command(data=data, split=split, classes=names, cfg=cfg, out=out, device=device, console=_console())
 
 
 @app.command()

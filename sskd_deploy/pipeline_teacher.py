@@ -29,24 +29,20 @@ def _open_split(path: Path, split: str | None, *, prefer: str) -> Dataset:
     return pick_split(splits, split, Path(path))
 
 
-def _teacher(weights: Path | None, cfg: GroundedSam2Config, class_names, *, device: str):
+def _teacher(cfg: GroundedSam2Config, class_names, *, device: str):
     from sskd_deploy.models.grounded_sam2 import load_grounded_sam2
     from sskd_deploy.training.context import pick_device
 
     torch_device = pick_device(device)
-    teacher = load_grounded_sam2(weights, cfg=cfg, class_names=class_names).to(torch_device).eval()
+    teacher = load_grounded_sam2(cfg.weights, cfg=cfg, class_names=class_names).to(torch_device).eval()
     return teacher, torch_device
 
 
-def _input_size(cfg: GroundedSam2Config, default: tuple[int, int]) -> tuple[int, int]:
-    return tuple(cfg.input_size) if cfg.input_size is not None else default
-
-
 def zero_shot_command(
-    *, weights: Path | None, data: Path, split: str | None, cfg: GroundedSam2Config, out: Path,
-    default_size: tuple[int, int], device: str, console: Console,
+    *, data: Path, split: str | None, cfg: GroundedSam2Config, out: Path, device: str, console: Console,
 ) -> dict[str, Any]:
-    """Label a labeled split with the teacher, write ``eval.json`` + ``predictions.json`` into ``out``."""
+    """Label a labeled split with the teacher (weights and input size from ``cfg``), write ``eval.json`` +
+    ``predictions.json`` into ``out``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sskd_deploy.evaluation import format_eval_table
@@ -57,9 +53,9 @@ def zero_shot_command(
     if not any(r.labeled for r in dataset.records):
         raise DatasetError(dataset.source, "zero-shot evaluation needs a labeled split (this one has no labels)")
     start = time.perf_counter()
-    teacher, torch_device = _teacher(weights, cfg, dataset.categories.names, device=device)
+    teacher, torch_device = _teacher(cfg, dataset.categories.names, device=device)
     load_seconds = time.perf_counter() - start
-    size = _input_size(cfg, default_size)
+    size = tuple(cfg.input_size)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("zero-shot labeling", total=len(dataset.records))
@@ -76,7 +72,7 @@ def zero_shot_command(
               "parameters": teacher.parameter_counts()["total"]}
     out = Path(out)
     atomic_write_json(out / "predictions.json", results)
-    summary = {**result.to_dict(), "teacher": "grounded-sam2", "weights": str(weights), "data": str(data),
+    summary = {**result.to_dict(), "teacher": "grounded-sam2", "weights": str(cfg.weights), "data": str(data),
                "split": dataset.name, "rule": teacher.labeling_rule(), "timing": timing}
     atomic_write_json(out / "eval.json", summary, indent=2)
     console.print(f"{images} images in {seconds:.2f} s ({timing['ms_per_image']:.1f} ms/image, {torch_device}); "
@@ -85,8 +81,8 @@ def zero_shot_command(
 
 
 def label_command(
-    *, weights: Path | None, data: Path, split: str | None, classes: list[str] | None, cfg: GroundedSam2Config,
-    out: Path, default_size: tuple[int, int], device: str, console: Console,
+    *, data: Path, split: str | None, classes: list[str] | None, cfg: GroundedSam2Config, out: Path, device: str,
+    console: Console,
 ) -> dict[str, Any]:
     """Pseudo-label a split (labels, if any, are ignored) into ``out/<key>/``, or reuse that store."""
     from dataclasses import replace
@@ -101,10 +97,10 @@ def label_command(
     categories = CategorySet(names, tuple(range(1, len(names) + 1))) if classes else dataset.categories
     unlabeled = replace(dataset, categories=categories,
                         records=tuple(replace(r, annotations=None) for r in dataset.records))
-    teacher, torch_device = _teacher(weights, cfg, names, device=device)
+    teacher, torch_device = _teacher(cfg, names, device=device)
     store = build_pseudo_labels(
         teacher, unlabeled, out_root=Path(out), teacher_hash=teacher_identity(teacher),
-        input_size=_input_size(cfg, default_size), cfg=labeling_config(teacher), device=torch_device,
+        input_size=tuple(cfg.input_size), cfg=labeling_config(teacher), device=torch_device,
         console=console,
     )
     images = store.stats.get("images", 0)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sskd_deploy.data.coco import load_json_object
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.evaluation import EvalResult, evaluate_instances
@@ -59,13 +60,11 @@ def labeling_config(teacher: GroundedSam2Teacher, batch_size: int | None = None)
     return PseudoLabelConfig(**rule)
 
 
-def teacher_input_size(ctx_or_size: Any, teacher: GroundedSam2Teacher) -> tuple[int, int]:
-    """Grounding DINO's input frame: ``grounded_sam2.input_size``, else the given run size."""
+def teacher_input_size(ctx: TrainContext, teacher: GroundedSam2Teacher) -> tuple[int, int]:
+    """Grounding DINO's input frame: ``grounded_sam2.input_size``, else the run's input size."""
     if teacher.cfg.input_size is not None:
         return tuple(teacher.cfg.input_size)
-    if isinstance(ctx_or_size, TrainContext):
-        return tuple(ctx_or_size.model_config("student").input_size)
-    return tuple(ctx_or_size)
+    return tuple(ctx.model_config("student").input_size)
 
 
 def evaluate_teacher(
@@ -231,8 +230,6 @@ def zero_shot_record(ctx: TrainContext, teacher: GroundedSam2Teacher) -> dict:
     if not path.is_file():
         result = _evaluate_into(ctx, teacher, path)
         ctx.log(f"grounded-sam2 zero-shot on val: mask AP {100 * result.ap:.1f}, AP50 {100 * result.ap50:.1f}")
-    from sskd_deploy.data.coco import load_json_object
-
     data = load_json_object(path)
     return {"zero_shot_ap": data.get("ap"), "zero_shot_ap50": data.get("ap50")}
 
