@@ -384,6 +384,25 @@ def model_info_cmd(
                    iters=iters, threads=threads, json_out=json_out, console=_console())
 
 
+@model_app.command("profile")
+def model_profile_cmd(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    role: Annotated[str, typer.Option(help="student or teacher (a MaskFormer preset).")] = "student",
+    steps: Annotated[int, typer.Option(help="Timed training steps.")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 2,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (default: the supervised stage's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON.")] = None,
+) -> None:
+    """Where a training step's time goes (data, forward, matching, loss, backward, optimizer), measured on
+    the config's labeled data with its recipe."""
+    from sskd_deploy.pipeline import profile_training_step
+
+    profile_training_step(_load_config(config, set_), role=role, steps=steps, warmup=warmup, batch_size=batch_size,
+                          threads=threads, json_out=json_out, console=_console())
+
+
 WeightsOption = Annotated[Optional[Path], typer.Option(
     "--weights", help="Grounded-SAM2 weights directory (grounding_dino/ and sam2/ inside); default: the "
                       "config's train.grounded_sam2.weights.")]

@@ -231,6 +231,45 @@ def describe_grounded(name: str, *, console: Console, json_out: Path | None) -> 
     return result
 
 
+def profile_training_step(config: Config, *, role: str, steps: int, warmup: int, batch_size: int | None,
+                          threads: int | None, json_out: Path | None, console: Console) -> dict:
+    """``model profile``: time the phases of the run's training step and print them as a table."""
+    import torch
+    from rich.table import Table
+
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.training.context import TrainContext, pick_device
+    from sskd_deploy.training.profile import profile_steps
+
+    if role not in ("student", "teacher"):
+        raise SSKDError(f"--role must be student or teacher, got {role!r}")
+    from sskd_deploy.model_config import PRESETS
+
+    if role == "teacher" and config.train.teacher not in PRESETS:
+        raise SSKDError(f"--role teacher profiles a MaskFormer teacher preset; train.teacher is {config.train.teacher!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    data = resolve_data(config.data, console=console)
+    ctx = TrainContext(config=config, data=data, root=Path(config.run.out_dir) / "train",
+                       device=pick_device(config.train.device), console=console)
+    try:
+        profile = profile_steps(ctx, role=role, steps=steps, warmup=warmup, batch_size=batch_size)
+    except ValueError as err:
+        raise SSKDError(f"model profile: {err}") from None
+    table = Table(title=f"{role} training step: batch {profile.batch_size}, {profile.threads} threads, "
+                        f"{profile.device}, mean of {profile.steps} steps")
+    for column in ("phase", "ms", "share"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase, ms in profile.ms.items():
+        table.add_row(phase, f"{ms:.1f}", f"{100 * ms / profile.total_ms:.0f} %")
+    table.add_row("[bold]total[/bold]", f"{profile.total_ms:.1f}", f"{1000 * profile.batch_size / profile.total_ms:.1f} img/s")
+    console.print(table)
+    result = profile.to_dict()
+    if json_out is not None:
+        atomic_write_json(json_out, result, indent=2)
+    return result
+
+
 def train_command(config: Config, *, stages: str | None, console: Console) -> dict:
     """``train``: resolve (or generate) the data, then run the selected stages."""
     from sskd_deploy.data.sources import resolve_data

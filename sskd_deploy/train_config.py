@@ -8,9 +8,9 @@ synthetic world; the paper's schedules (90k iterations, batch 8) are a config ch
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sskd_deploy.config_types import PathField, Section
 from sskd_deploy.teacher_config import GROUNDED_SAM2, GroundedSam2Config
@@ -28,6 +28,7 @@ class StageSchedule(Section):
 
 class OptimConfig(Section):
     weight_decay: float = Field(0.05, ge=0)
+    decay_embeddings: bool = False  # weight decay on position/token/query/level embeddings too (off: exempt)
     # Encoder lr = lr x this. None: 0.1 (METHOD.md) when the encoder starts from pretrained weights,
     # 1.0 when it is randomly initialised (a random encoder has nothing to preserve).
     backbone_lr_mult: Optional[float] = Field(None, ge=0)
@@ -50,6 +51,9 @@ class PixelContrastConfig(Section):
     hidden_dim: int = Field(256, ge=1)
     embed_dim: int = Field(128, ge=1)
     max_anchors: Optional[int] = Field(1024, ge=1)
+    # The stop-gradient strong branch's projection: the weak head's current weights (shared) or their EMA.
+    strong_head: Literal["shared", "ema"] = "shared"
+    ema_momentum: float = Field(0.99, ge=0, lt=1)
 
 
 class PseudoLabelSection(Section):
@@ -65,6 +69,7 @@ class PseudoLabelSection(Section):
 class AugmentConfig(Section):
     scale_range: tuple[float, float] = (0.75, 1.25)
     hflip_prob: float = Field(0.5, ge=0, le=1)
+    copy_paste: float = Field(0.0, ge=0, le=1)  # probability of pasting another image's instances on top
 
 
 class TrainConfig(Section):
@@ -73,17 +78,29 @@ class TrainConfig(Section):
     input_size: Optional[tuple[int, int]] = (192, 256)  # overrides the presets' size; None keeps it
     student_weights: Optional[PathField] = None  # pretrained encoder weights (HF dir or DINOv2 .pth)
     teacher_weights: Optional[PathField] = None
+    # Preset fields overridden by the run, e.g. {encoder: {patch_size: 16}, pixel_decoder: {conv_path: true}};
+    # validated against the preset here and stored in every checkpoint (ablations are configs, not edits).
+    student_model: Optional[dict[str, Any]] = None
+    teacher_model: Optional[dict[str, Any]] = None
     # train.teacher: grounded-sam2 -> the foundation-model teacher (Grounding DINO + SAM2) set up here
     grounded_sam2: GroundedSam2Config = GroundedSam2Config()
     stages: tuple[str, ...] = STAGES
     lambda_pxl: float = Field(0.1, ge=0)
     lambda_semi: float = Field(1.0, ge=0)
-    num_points: Optional[int] = Field(None, ge=1)  # point-sampled mask losses; None = full stride-4 masks
+    # Point-sampled mask losses (Mask2Former: 12544 at 512x1024); None = whole stride-4 masks. 4096 at the
+    # demo's 192x256 (3072 stride-4 cells): importance-sampled points measured better than whole masks.
+    num_points: Optional[int] = Field(4096, ge=1)
+    # Matching class cost: ce (-log p) or prob (-p, the published matcher). From random weights, prob
+    # left the class head at the class marginal for 1000+ steps (queries carry no class information
+    # until the features do) while ce let classes and masks both learn; with pretrained features
+    # prob is the published choice.
     class_cost: Literal["ce", "prob"] = "ce"
-    # Sized for the 15-minute CPU demo. For 1b and stage 2, batch_size counts labeled + pseudo-labeled
+    semantic_weight: float = Field(1.0, ge=0)  # auxiliary class loss (models with pixel_decoder.semantic_head)
+    semantic_loss: Literal["pooled", "dense", "both"] = "pooled"  # per instance over its mask, per cell, or both
+    # Sized so `train` takes under 12 minutes on 2 CPU cores. For 1b and stage 2, batch_size counts labeled + pseudo-labeled
     # pairs, so 2 means 4 images per step.
-    teacher_1a: StageSchedule = StageSchedule(steps=250, batch_size=4, lr=5e-4)
-    teacher_1b: StageSchedule = StageSchedule(steps=250, batch_size=2, lr=5e-4)
+    teacher_1a: StageSchedule = StageSchedule(steps=150, batch_size=4, lr=5e-4)
+    teacher_1b: StageSchedule = StageSchedule(steps=120, batch_size=2, lr=5e-4)
     student_2: StageSchedule = StageSchedule(steps=400, batch_size=2, lr=1e-3)
     student_3: StageSchedule = StageSchedule(steps=100, batch_size=4, lr=2e-4)
     supervised: Optional[StageSchedule] = None  # None: stage 2 + stage 3 steps, stage 2's batch and lr
@@ -92,6 +109,8 @@ class TrainConfig(Section):
     pseudo: PseudoLabelSection = PseudoLabelSection()
     augment: AugmentConfig = AugmentConfig()
     eval_batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(200, ge=0)  # validate every N steps of a stage (mask AP into metrics.jsonl); 0: at the end only
+    eval_train_images: int = Field(0, ge=0)  # also score the first N labeled training images (fit vs generalisation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     @field_validator("stages")
@@ -120,6 +139,27 @@ class TrainConfig(Section):
             raise ValueError(f"unknown teacher {value!r}; known: {', '.join([*PRESETS, GROUNDED_SAM2])}")
         return value
 
+    @model_validator(mode="after")
+    def _model_overrides(self) -> TrainConfig:
+        from sskd_deploy.model_config import PRESETS
+
+        problems = []
+        for role, preset, changes in (("student_model", self.student, self.student_model),
+                                      ("teacher_model", self.teacher, self.teacher_model)):
+            if not changes or preset not in PRESETS:
+                continue
+            try:
+                PRESETS[preset].updated(**changes)
+            except (ValueError, TypeError, KeyError) as err:  # pydantic's ValidationError is a ValueError
+                problems.append(f"{role} (on preset {preset}): {_one_line(err)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def model_overrides(self, role: str) -> dict[str, Any]:
+        """The run's changes to the ``role`` ("student" or "teacher") preset (empty: the preset as is)."""
+        return dict((self.student_model if role == "student" else self.teacher_model) or {})
+
     def backbone_lr_mult_for(self, role: str) -> float:
         """The encoder lr multiplier of ``role`` ("student" or "teacher"), resolving ``None``."""
         if self.optim.backbone_lr_mult is not None:
@@ -132,3 +172,10 @@ class TrainConfig(Section):
             return self.supervised
         total = self.student_2.steps + self.student_3.steps
         return StageSchedule(steps=total, batch_size=self.student_2.batch_size, lr=self.student_2.lr)
+
+
+def _one_line(err: Exception) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):  # pydantic: "encoder.patch_size: Input should be ..." per error
+        return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors())
+    return str(err)

@@ -271,3 +271,40 @@ def make_views(
     """
     weak_image, view_masks, keep, valid = weak(image, masks, rng)
     return weak_image, strong(weak_image, rng, valid), view_masks, keep, valid
+
+
+def copy_paste(
+    image: np.ndarray, masks: np.ndarray, labels: np.ndarray, valid: np.ndarray,
+    source: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], rng: np.random.Generator,
+    *, keep_fraction: float = 0.5, min_pixels: int = 16,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simple Copy-Paste (Ghiasi et al., 2021): paste a random subset of another view's instances on top.
+
+    Args:
+        image, masks, labels, valid: the view being augmented, ``(H, W, 3)`` uint8, ``(N, H, W)`` bool,
+            ``(N,)`` int, ``(H, W)`` bool (non-padding pixels).
+        source: the same four arrays of another view of the same size (its own geometry).
+        keep_fraction: each source instance is pasted with this probability (at least one is).
+    Returns:
+        ``(image, masks, labels)``: pasted pixels take the source's colours and belong to the pasted
+        instances; the instances underneath lose them, and any left with fewer than ``min_pixels``
+        pixels is dropped, so every mask stays exactly what is visible.
+    """
+    src_image, src_masks, src_labels, src_valid = source
+    if src_image.shape != image.shape or len(src_masks) == 0:
+        return image, masks, labels
+    chosen = rng.random(len(src_masks)) < keep_fraction
+    if not chosen.any():
+        chosen[int(rng.integers(len(src_masks)))] = True
+    pasted = src_masks[chosen] & (src_valid & valid)[None]
+    pasted_area = pasted.sum(axis=(1, 2))
+    pasted, pasted_labels = pasted[pasted_area >= min_pixels], src_labels[chosen][pasted_area >= min_pixels]
+    if len(pasted) == 0:
+        return image, masks, labels
+    cover = pasted.any(axis=0)
+    out = image.copy()
+    out[cover] = src_image[cover]
+    below = masks & ~cover[None]
+    survives = below.sum(axis=(1, 2)) >= min_pixels
+    return (out, np.concatenate([below[survives], pasted]),
+            np.concatenate([np.asarray(labels)[survives], pasted_labels]).astype(np.asarray(labels).dtype))

@@ -37,6 +37,9 @@ from sskd_deploy.spec import IOSpec
 BLOCK_RULES = tuple(re.compile(p + r"(?=/|$)") for p in (
     r"encoder/backbone/encoder/layer/\d+",
     r"encoder/backbone/embeddings",
+    r"encoder/pyramid/(stem|levels/\d+)",  # encoder.kind: conv
+    r"pixel_decoder/conv_path/pyramid/(stem|levels/\d+)",
+    r"pixel_decoder/conv_path/proj",
     r"pixel_decoder/(reassemble|fusion)/\d+",
     r"pixel_decoder/mask_head",
     r"transformer_decoder/layers/\d+",

@@ -23,6 +23,11 @@ from sskd_deploy.model_config import ModelConfig
 from sskd_deploy.spec import IOSpec
 
 CHECKPOINT_FORMAT = "sskd-deploy/checkpoint"
+# 2: the ViT encoder pads its input to whole patches and the pixel decoder places every token where
+# its pixels are. Version-1 files (no "version" key) were trained with a patch grid stretched over
+# the image; their weights load into the new network without a shape error but predict misplaced
+# masks, so they are refused rather than loaded silently wrong.
+CHECKPOINT_VERSION = 2
 # Fields that may differ between a checkpoint and the config loading it: where the backbone
 # weights originally came from does not change the network.
 IGNORED_FIELDS = {"encoder.weights"}
@@ -59,6 +64,7 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     meta = {
         "format": CHECKPOINT_FORMAT,
+        "version": str(CHECKPOINT_VERSION),
         "model_config": config.model_dump_json(),
         "iospec": spec.to_json(),
         "extra": json.dumps(extra or {}, sort_keys=True),
@@ -96,6 +102,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     state, meta = _read_raw(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not an sskd-deploy checkpoint (format {meta.get('format')!r})")
+    version = str(meta.get("version", "1"))
+    if version != str(CHECKPOINT_VERSION):
+        raise InputError(path, f"checkpoint version {version}, this sskd-deploy reads version {CHECKPOINT_VERSION}: "
+                         "version-1 models were trained with the ViT patch grid stretched over the image "
+                         "(misplaced masks); retrain it with this version (`sskd-deploy train`)")
     try:
         config = ModelConfig.model_validate_json(meta["model_config"])
         spec = IOSpec.from_json(meta["iospec"], str(path))

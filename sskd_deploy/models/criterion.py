@@ -33,6 +33,8 @@ class LossWeights:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
+    semantic_weight: float = 1.0  # the auxiliary class loss, when the model has a semantic head
+    semantic_loss: str = "pooled"  # "pooled": per instance, over its mask; "dense": per cell; "both"
 
 
 def sigmoid_bce_loss(logits: Tensor, targets: Tensor, num_masks: Tensor) -> Tensor:
@@ -87,9 +89,14 @@ class SetCriterion(nn.Module):
     def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Args:
             outputs: ``"pred_logits"`` ``(B, K, C+1)``, ``"pred_masks"`` ``(B, K, h, w)`` logits and
-                optionally ``"aux_outputs"``, a list of dicts with the same two keys.
+                optionally ``"aux_outputs"``, a list of dicts with the same two keys, and
+                ``"query_groups"`` G (Group DETR): the K queries are G groups, each matched one-to-one
+                on its own, and every term is the mean over the groups.
             targets: B dicts, ``"labels"`` int64 ``(N_b,)`` in ``[0, C)``, ``"masks"`` bool/float
                 ``(N_b, H, W)`` at input resolution (any ``H, W``; ``N_b`` may be 0).
+
+            With ``"aux_semantic"`` (the model's training-only dense class head), ``"loss_semantic"``
+            is added (``weights.semantic_weight``).
 
         Returns:
             Weighted scalars ``"loss_class"``, ``"loss_mask"``, ``"loss_dice"``, the same with suffix
@@ -97,13 +104,68 @@ class SetCriterion(nn.Module):
         """
         self._check(outputs, targets)
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
-        losses = self.layer_losses(outputs, targets, num_masks)
+        groups = int(outputs.get("query_groups", 1))
+        losses = self.grouped_losses(outputs, targets, num_masks, groups)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                layer = self.layer_losses(aux, targets, num_masks)
+                layer = self.grouped_losses(aux, targets, num_masks, groups)
                 losses.update({f"{name}_aux{i}": value for name, value in layer.items()})
+        if "aux_semantic" in outputs and self.weights.semantic_weight > 0:
+            losses["loss_semantic"] = self.weights.semantic_weight * self._semantic_loss(outputs["aux_semantic"], targets)
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
+
+    def _semantic_loss(self, levels: list[Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
+        """Auxiliary class loss on per-pixel class logits ``(B, C+1, h, w)`` (one per level), averaged.
+
+        ``pooled``: each target instance's logits are averaged over its mask (resized to the level) and
+        scored with cross-entropy against its class: a linear classifier on mask-pooled features,
+        like classifying a crop of the object. ``dense``: every cell is scored against the class of
+        the instance under its centre (background = C, weighted ``no_object_weight`` since most
+        cells are background). Either gives the memory maps a class signal from every object, where
+        the set loss gives one only through the queries that happen to be matched; the pooled form
+        learns shapes far faster (the whole object votes, at any scale).
+        """
+        terms = []
+        if self.weights.semantic_loss in ("pooled", "both"):
+            terms += [self._pooled_class_loss(logits, targets) for logits in levels]
+        if self.weights.semantic_loss in ("dense", "both"):
+            terms += [self._dense_class_loss(logits, targets) for logits in levels]
+        return torch.stack(terms).mean()
+
+    def _pooled_class_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        pooled, labels = [], []
+        for b, t in enumerate(targets):
+            if not len(t["labels"]):
+                continue
+            weights = resize_masks(t["masks"].to(logits.device), tuple(logits.shape[-2:])).flatten(1)  # (N, hw)
+            mass = weights.sum(1, keepdim=True)
+            seen = mass[:, 0] > 0.25  # at least a quarter cell at this level
+            if seen.any():
+                pooled.append((weights[seen] / mass[seen]) @ logits[b].float().flatten(1).T)  # (N, C+1)
+                labels.append(t["labels"].to(logits.device)[seen])
+        if not pooled:
+            return logits.sum() * 0.0
+        return F.cross_entropy(torch.cat(pooled), torch.cat(labels))
+
+    def _dense_class_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        height, width = targets[0]["masks"].shape[-2:]
+        dense = torch.full((len(targets), height, width), self.num_classes, dtype=torch.int64, device=logits.device)
+        for b, t in enumerate(targets):
+            for mask, label in zip(t["masks"].to(dense.device).bool(), t["labels"].to(dense.device)):
+                dense[b][mask] = label
+        stride = height // logits.shape[-2]
+        cells = dense[:, stride // 2 :: stride, stride // 2 :: stride][:, : logits.shape[-2], : logits.shape[-1]]
+        return F.cross_entropy(logits.float(), cells, weight=self.class_weight.to(logits.device))
+
+    def grouped_losses(self, layer: dict[str, Tensor], targets: list[dict[str, Tensor]], num_masks: Tensor,
+                       groups: int) -> dict[str, Tensor]:
+        """:meth:`layer_losses` of each query group (Group DETR), averaged over the groups."""
+        if groups == 1:
+            return self.layer_losses(layer, targets, num_masks)
+        chunks = [{k: layer[k].chunk(groups, dim=1)[g] for k in ("pred_logits", "pred_masks")} for g in range(groups)]
+        per_group = [self.layer_losses(chunk, targets, num_masks) for chunk in chunks]
+        return {name: torch.stack([terms[name] for terms in per_group]).mean() for name in per_group[0]}
 
     def layer_losses(self, layer: dict[str, Tensor], targets: list[dict[str, Tensor]],
                      num_masks: Tensor) -> dict[str, Tensor]:

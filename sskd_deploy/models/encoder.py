@@ -11,21 +11,32 @@ Export: the forward has no data-dependent control flow. The only branches (in th
 embedding interpolation and the reshape) depend on the input *shape*, which is static in the
 deploy graph; ``torch.onnx.export`` (TorchScript and dynamo) and ONNX Runtime agree with eager.
 The position embeddings of the pretraining grid (``pretrain_image_size // patch_size`` squared)
-are interpolated bicubically to the input's patch grid in every forward, so any input size works,
-including sizes that are not multiples of the patch size (the grid is ``floor(H / p)`` by
-``floor(W / p)`` and the conv drops the remainder pixels at the right and bottom).
+are interpolated bicubically to the input's patch grid in every forward, so any input size works.
+
+Geometry: a ViT's patch conv sees ``floor(H / p)`` x ``floor(W / p)`` patches and drops the
+remainder pixels at the bottom and right (patch 14 at 192x256 covers only 182x252 pixels). The
+encoder therefore zero-pads the normalised input (zero = the mean colour) at the bottom and right to
+``ceil(H / p) * p`` by ``ceil(W / p) * p``: token ``(i, j)`` covers pixels ``[p i, p (i + 1))`` x
+``[p j, p (j + 1))`` of the image, and the grid covers all of it. Every consumer maps tokens to
+pixels by that coverage (:mod:`sskd_deploy.models.pixel_decoder`), never by stretching the grid.
+
+Every encoder kind exposes the same description of its outputs: ``tap_strides`` (image pixels per
+cell of each tap), ``tap_channels``, and ``feature_stride`` / ``feature_channels`` of the last tap,
+which is what the pixel contrastive loss embeds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Dinov2Backbone, Dinov2Config
 
-from sskd_deploy.errors import ConfigError
+from sskd_deploy.errors import ConfigError, InputError
 from sskd_deploy.model_config import EncoderConfig
+from sskd_deploy.models.conv import PYRAMID_STRIDES, ConvPyramid
 from sskd_deploy.models.weights import load_encoder_weights
 
 
@@ -59,6 +70,8 @@ class DinoV2Encoder(nn.Module):
         hidden_size: channels of every returned map.
         patch_size: stride of the returned maps relative to the input.
         num_taps: always 4 (``config.taps``).
+        tap_strides, tap_channels: ``(patch_size,) * 4`` and ``(hidden_size,) * 4``.
+        feature_stride, feature_channels: those of the last tap.
         backbone: the ``transformers.Dinov2Backbone``; ``backbone.set_attn_implementation("eager")``
             switches from the default SDPA attention to plain matmul + softmax if an exporter needs it.
         weights_report: the report of the last :meth:`load_pretrained` (None while randomly initialised),
@@ -72,12 +85,15 @@ class DinoV2Encoder(nn.Module):
         self.config = config
         self.hidden_size = config.hidden_size
         self.patch_size = config.patch_size
+        self.tap_strides = (config.patch_size,) * self.num_taps
+        self.tap_channels = (config.hidden_size,) * self.num_taps
+        self.feature_stride, self.feature_channels = config.patch_size, config.hidden_size
         self.backbone = Dinov2Backbone(dinov2_config(config))  # random init (transformers' ViT init)
         self.weights_report: Optional[dict] = None
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """Patch grid ``(H // p, W // p)`` of an input of ``height`` x ``width`` pixels."""
-        return height // self.patch_size, width // self.patch_size
+        """Patch grid ``(ceil(H / p), ceil(W / p))`` of an input of ``height`` x ``width`` pixels."""
+        return -(-height // self.patch_size), -(-width // self.patch_size)
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
         """Encode normalised images.
@@ -85,9 +101,15 @@ class DinoV2Encoder(nn.Module):
         Args:
             pixel_values: float ``(B, 3, H, W)``, already normalised with the ImageNet statistics.
         Returns:
-            ``num_taps`` tensors ``(B, hidden_size, H // p, W // p)``: the outputs of blocks
-            ``config.taps`` (1-based) after the final layernorm, CLS token dropped.
+            ``num_taps`` tensors ``(B, hidden_size, ceil(H / p), ceil(W / p))``: the outputs of blocks
+            ``config.taps`` (1-based) after the final layernorm, CLS token dropped. The input is
+            zero-padded at the bottom/right to whole patches first (see the module docstring).
         """
+        height, width = pixel_values.shape[-2:]
+        grid_h, grid_w = self.grid_size(int(height), int(width))
+        pad_h, pad_w = grid_h * self.patch_size - int(height), grid_w * self.patch_size - int(width)
+        if pad_h or pad_w:  # shape-dependent only: static in an exported graph
+            pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
         return list(self.backbone(pixel_values).feature_maps)
 
     def load_pretrained(self, path: Path) -> dict:
@@ -101,9 +123,37 @@ class DinoV2Encoder(nn.Module):
         return self.weights_report
 
 
-def build_encoder(config: EncoderConfig) -> DinoV2Encoder:
+class ConvEncoder(nn.Module):
+    """The control encoder (``kind: conv``): a convolutional pyramid at strides 4/8/16/32.
+
+    Same interface as :class:`DinoV2Encoder`; there are no pretrained weights for it.
+    """
+
+    num_taps = 4
+
+    def __init__(self, *, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.pyramid = ConvPyramid(widths=config.conv_widths, depths=config.conv_depths)
+        self.tap_strides, self.tap_channels = PYRAMID_STRIDES, tuple(config.conv_widths)
+        self.feature_stride, self.feature_channels = PYRAMID_STRIDES[-1], config.conv_widths[-1]
+        self.hidden_size = config.conv_widths[-1]
+        self.weights_report: Optional[dict] = None
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        """Normalised ``(B, 3, H, W)`` (multiples of 32) -> four maps ``(B, conv_widths[i], H / s, W / s)``."""
+        return self.pyramid(pixel_values)
+
+    def load_pretrained(self, path: Path) -> dict:
+        raise InputError(Path(path), "encoder.kind 'conv' (the control) has no pretrained weights to load")
+
+
+Encoder = Union[DinoV2Encoder, ConvEncoder]
+
+
+def build_encoder(config: EncoderConfig) -> Encoder:
     """The encoder for ``config``, with ``config.weights`` loaded when set (random init otherwise)."""
-    encoder = DinoV2Encoder(config=config)
+    encoder = ConvEncoder(config=config) if config.kind == "conv" else DinoV2Encoder(config=config)
     if config.weights is not None:
         encoder.load_pretrained(config.weights)
     return encoder

@@ -27,7 +27,10 @@ class MaskFormer(nn.Module):
     - ``pred_masks`` ``(B, K, H/4, W/4)``: its mask logits;
     - ``aux_outputs``: ``num_layers`` dicts ``{"pred_logits", "pred_masks"}`` of the same shapes, the
       earlier predictions (initial queries, then layers 1..L-1) for deep supervision;
-    - ``features`` ``(B, hidden, H // p, W // p)``: the last tapped encoder map (pixel contrastive loss).
+    - ``aux_semantic`` (training, with ``pixel_decoder.semantic_head``): per-pixel class logits
+      ``(B, C+1, H/s, W/s)`` on the memory maps, s = 32, 16, 8 (last = background);
+    - ``features`` ``(B, encoder.feature_channels, h, w)``: the last tapped encoder map (pixel
+      contrastive loss); ``h = ceil(H / encoder.feature_stride)``, likewise ``w``.
     """
 
     def __init__(self, *, config: ModelConfig) -> None:
@@ -36,7 +39,8 @@ class MaskFormer(nn.Module):
         self.input_size = tuple(config.input_size)
         self.encoder = build_encoder(config.encoder)
         self.pixel_decoder = DPTPixelDecoder(
-            config=config.pixel_decoder, in_channels=self.encoder.hidden_size, input_size=self.input_size
+            config=config.pixel_decoder, in_channels=self.encoder.tap_channels, input_size=self.input_size,
+            tap_strides=self.encoder.tap_strides,
         )
         self.transformer_decoder = TransformerDecoder(
             config=config.decoder,
@@ -45,6 +49,9 @@ class MaskFormer(nn.Module):
             num_classes=config.num_classes,
             input_size=self.input_size,
         )
+        # Training-only dense class head (config.pixel_decoder.semantic_head): C+1 logits per memory cell.
+        self.semantic_head = (nn.Conv2d(config.pixel_decoder.dim, config.num_classes + 1, kernel_size=1)
+                              if config.pixel_decoder.semantic_head else None)
         # Derived from the config (which every checkpoint stores): kept out of the state dict.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
@@ -63,28 +70,51 @@ class MaskFormer(nn.Module):
                 f"input_size {self.input_size} (resize/pad to it, or build the model with that input_size)"
             )
         taps = self.encoder(pixel_values)
-        mask_features, multi_scale = self.pixel_decoder(taps)
+        mask_features, multi_scale = self.pixel_decoder(taps, pixel_values)
         outputs = self.transformer_decoder(multi_scale, mask_features)
         outputs["features"] = taps[-1]
+        if self.semantic_head is not None and self.training:
+            outputs["aux_semantic"] = [self.semantic_head(level) for level in multi_scale]
         return outputs
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+    def parameter_groups(self, *, decay_embeddings: bool = False) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split for the backbone learning-rate multiplier: ``{"encoder", "decoder"}``.
 
+        Unless ``decay_embeddings``, the learned embeddings (ViT position embeddings and CLS token,
+        decoder queries and level embeddings) go to ``"encoder.no_decay"`` / ``"decoder.no_decay"``:
+        weight decay would pull them towards zero, i.e. towards "no position" and identical queries.
         Frozen parameters (``requires_grad=False``) are left out, so the lists can go to an optimizer.
         """
-        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
-        heads = (self.pixel_decoder, self.transformer_decoder)
-        decoder = [p for part in heads for p in part.parameters() if p.requires_grad]
-        return {"encoder": encoder, "decoder": decoder}
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "decoder": []}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            group = "encoder" if name.startswith("encoder.") else "decoder"
+            if not decay_embeddings and is_embedding(name):
+                group += ".no_decay"
+            groups.setdefault(group, []).append(param)
+        return groups
 
     def parts(self) -> dict[str, nn.Module]:
-        """The three sub-networks by name: ``{"encoder", "pixel_decoder", "transformer_decoder"}``."""
-        return {
+        """The sub-networks by name: ``{"encoder", "pixel_decoder", "transformer_decoder"}``, plus
+        ``"semantic_head"`` (training only) when the model has one."""
+        parts = {
             "encoder": self.encoder,
             "pixel_decoder": self.pixel_decoder,
             "transformer_decoder": self.transformer_decoder,
         }
+        if self.semantic_head is not None:
+            parts["semantic_head"] = self.semantic_head
+        return parts
+
+
+EMBEDDING_NAMES = ("position_embeddings", "cls_token", "mask_token", "register_tokens", "query_feat", "query_pos",
+                   "level_embed")
+
+
+def is_embedding(name: str) -> bool:
+    """Whether parameter ``name`` is a learned embedding (exempt from weight decay by default)."""
+    return any(part in EMBEDDING_NAMES for part in name.split("."))
 
 
 def build_model(config: ModelConfig) -> MaskFormer:

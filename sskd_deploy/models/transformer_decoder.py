@@ -7,6 +7,12 @@ The prediction head (class logits + mask logits at stride 4) runs on the initial
 after every layer, giving ``num_layers + 1`` predictions: the last is the output, the rest are
 deep-supervision targets (``aux_outputs``).
 
+Group DETR (``query_groups`` G > 1): in training the decoder runs G independent groups of K
+queries side by side; self-attention stays inside a group (a block-diagonal mask) and the criterion
+matches each group one-to-one on its own, so every object gets G positive queries per step instead
+of one, which is what speeds up the convergence of set prediction. In eval mode only the first
+group runs: the exported graph and every prediction are the plain K-query decoder.
+
 Export notes: sizes are ints fixed at construction; the attention mask is an additive float
 tensor built with comparisons and ``where`` (no boolean indexing, no ``.item()``).
 """
@@ -76,14 +82,15 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, queries: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, bias: Tensor
+        self, queries: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, bias: Tensor,
+        self_mask: Tensor | None = None,
     ) -> Tensor:
         attended, _ = self.cross_attn(
             queries + query_pos, memory + memory_pos, memory, attn_mask=bias, need_weights=False
         )
         queries = self.norms[0](queries + self.dropout(attended))
         with_pos = queries + query_pos
-        attended, _ = self.self_attn(with_pos, with_pos, queries, need_weights=False)
+        attended, _ = self.self_attn(with_pos, with_pos, queries, attn_mask=self_mask, need_weights=False)
         queries = self.norms[1](queries + self.dropout(attended))
         return self.norms[2](queries + self.dropout(self.ffn(queries)))
 
@@ -113,8 +120,13 @@ class TransformerDecoder(nn.Module):
         height, width = input_size
         self.memory_sizes = [(height // s, width // s) for s in MEMORY_STRIDES]
         dim = config.dim
-        self.query_feat = nn.Embedding(config.num_queries, dim)
-        self.query_pos = nn.Embedding(config.num_queries, dim)
+        self.num_queries, self.query_groups = config.num_queries, config.query_groups
+        self.query_feat = nn.Embedding(config.num_queries * config.query_groups, dim)
+        self.query_pos = nn.Embedding(config.num_queries * config.query_groups, dim)
+        if config.query_groups > 1:
+            group = torch.arange(config.num_queries * config.query_groups) // config.num_queries
+            blocked = torch.zeros(len(group), len(group)).masked_fill(group[:, None] != group[None, :], float("-inf"))
+            self.register_buffer("group_mask", blocked, persistent=False)
         self.level_embed = nn.Embedding(len(MEMORY_STRIDES), dim)
         self.input_proj = nn.ModuleList(
             nn.Conv2d(in_channels, dim, kernel_size=1) if in_channels != dim else nn.Identity()
@@ -174,13 +186,19 @@ class TransformerDecoder(nn.Module):
             memory.append(tokens + self.level_embed.weight[level])
             memory_pos.append(getattr(self, f"memory_pos_{level}"))
         batch = mask_features.shape[0]
-        queries = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
-        query_pos = self.query_pos.weight.unsqueeze(0).expand(batch, -1, -1)
+        groups = self.query_groups if self.training else 1  # structural (train/eval), not data-dependent
+        count = self.num_queries * groups
+        queries = self.query_feat.weight[:count].unsqueeze(0).expand(batch, -1, -1)
+        query_pos = self.query_pos.weight[:count].unsqueeze(0).expand(batch, -1, -1)
+        self_mask = self.group_mask if groups > 1 else None
         predictions = [self.predict(queries, mask_features)]
         for index, layer in enumerate(self.layers):
             level = index % len(MEMORY_STRIDES)
             bias = attention_bias(predictions[-1][1], self.memory_sizes[level], self.config.num_heads)
-            queries = layer(queries, query_pos, memory[level], memory_pos[level], bias)
+            queries = layer(queries, query_pos, memory[level], memory_pos[level], bias, self_mask)
             predictions.append(self.predict(queries, mask_features))
         aux = [{"pred_logits": logits, "pred_masks": masks} for logits, masks in predictions[:-1]]
-        return {"pred_logits": predictions[-1][0], "pred_masks": predictions[-1][1], "aux_outputs": aux}
+        out = {"pred_logits": predictions[-1][0], "pred_masks": predictions[-1][1], "aux_outputs": aux}
+        if groups > 1:
+            out["query_groups"] = groups
+        return out

@@ -14,9 +14,11 @@ from typing import Any
 from sskd_deploy.report.html import Markup, figure, missing, note, number
 from sskd_deploy.report.runfiles import RunFiles, read_jsonl
 
-# The objective J = L_sup + lambda_semi L_semi + lambda_pxl L_pxl, one panel a term.
+# The objective J = L_sup + lambda_semi L_semi + lambda_pxl L_pxl, one panel a term, then the
+# validation AP logged during training (train.eval_every; dashed: the labeled training images).
 PANELS = (("loss", "total loss J"), ("sup", "L_sup (labels)"), ("semi", "L_semi (pseudo-labels)"),
-          ("pxl", "L_pxl (pixel contrastive)"))
+          ("pxl", "L_pxl (pixel contrastive)"), ("val_ap", "mask AP during training (points)"))
+DASHED = {"val_ap": "train_ap"}  # drawn dashed in the same panel
 # Fixed colours per stage, so a stage keeps its colour whichever stages a run has.
 STAGE_COLOURS = {"teacher_1a": "#1f77b4", "teacher_1b": "#17becf", "student_2": "#d62728",
                  "student_3": "#ff7f0e", "supervised": "#7f7f7f"}
@@ -33,16 +35,21 @@ def plot_losses(metrics: dict[str, list[dict[str, Any]]]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 7), layout="constrained")
+    fig = Figure(figsize=(15, 7), layout="constrained")
     FigureCanvasAgg(fig)
     for i, (key, title) in enumerate(PANELS):
-        ax = fig.add_subplot(2, 2, i + 1)
+        ax = fig.add_subplot(2, 3, i + 1)
         drawn = 0
         for stage, records in metrics.items():
             steps, values = _series(records, key)
+            marker = {"marker": "o", "markersize": 3} if key in DASHED else {}
             if steps:
-                ax.plot(steps, values, label=stage, color=STAGE_COLOURS.get(stage), linewidth=1.4)
+                ax.plot(steps, values, label=stage, color=STAGE_COLOURS.get(stage), linewidth=1.4, **marker)
                 drawn += 1
+            steps, values = _series(records, DASHED.get(key, ""))
+            if steps:
+                ax.plot(steps, values, label=f"{stage} (train images)", color=STAGE_COLOURS.get(stage),
+                        linewidth=1.0, linestyle="--", **marker)
         if drawn:
             ax.legend(fontsize=8, frameon=False)
         else:

@@ -17,7 +17,7 @@ from sskd_deploy.errors import SSKDError
 from sskd_deploy.io import atomic_write_json
 from sskd_deploy.model_config import ModelConfig, model_preset
 from sskd_deploy.models.checkpoint import load_model, save_checkpoint
-from sskd_deploy.models.criterion import SetCriterion
+from sskd_deploy.models.criterion import LossWeights, SetCriterion
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.models.matcher import HungarianMatcher
 from sskd_deploy.spec import IOSpec
@@ -59,10 +59,11 @@ class TrainContext:
             self.console.print(message)
 
     def model_config(self, role: str) -> ModelConfig:
-        """The student or teacher preset, sized for the data's classes and the run's input size."""
+        """The student or teacher preset with the run's overrides (``train.<role>_model``), sized for the
+        data's classes and the run's input size."""
         name = self.train.student if role == "student" else self.train.teacher
         weights = self.train.student_weights if role == "student" else self.train.teacher_weights
-        config = model_preset(name).with_classes(len(self.class_names))
+        config = model_preset(name).updated(**self.train.model_overrides(role)).with_classes(len(self.class_names))
         changes: dict[str, Any] = {"encoder": {"weights": None if weights is None else str(weights)}}
         if self.train.input_size is not None:
             changes["input_size"] = tuple(self.train.input_size)
@@ -88,24 +89,26 @@ class TrainContext:
         model, _ = load_model(checkpoint, expect=self.model_config(role))
         return model.to(self.device)
 
-    def samples(self, dataset: Dataset, salt: int, *, ground_truth: bool = True) -> SegmentationSamples:
+    def samples(self, dataset: Dataset, salt: int, *, ground_truth: bool = True, strong: bool = True
+                ) -> SegmentationSamples:
         augment = self.train.augment
         return SegmentationSamples(
             dataset=dataset, input_size=tuple(self.model_config("student").input_size),
             seed=self.config.run.seed * 7919 + salt, scale_range=augment.scale_range, hflip_prob=augment.hflip_prob,
-            ground_truth=ground_truth,
+            ground_truth=ground_truth, strong=strong, copy_paste=augment.copy_paste,
         )
 
-    def paired(self, pseudo: Dataset, salt: int) -> PairedSet:
+    def paired(self, pseudo: Dataset, salt: int, *, strong: bool = True) -> PairedSet:
         return PairedSet(
-            labeled=self.samples(self.data.labeled, salt),
-            unlabeled=self.samples(pseudo, salt + 1, ground_truth=False), seed=self.config.run.seed,
+            labeled=self.samples(self.data.labeled, salt, strong=strong),
+            unlabeled=self.samples(pseudo, salt + 1, ground_truth=False, strong=strong), seed=self.config.run.seed,
         )
 
     def criterion(self) -> SetCriterion:
         t = self.train
         matcher = HungarianMatcher(num_points=t.num_points, class_cost=t.class_cost)
-        return SetCriterion(num_classes=len(self.class_names), matcher=matcher, num_points=t.num_points)
+        return SetCriterion(num_classes=len(self.class_names), matcher=matcher, num_points=t.num_points,
+                            weights=LossWeights(semantic_weight=t.semantic_weight, semantic_loss=t.semantic_loss))
 
 
 def read_complete(stage_dir: Path) -> dict | None:

@@ -4,9 +4,11 @@ Encoder features of the weak and the strong view (same geometry: grid cell ``p``
 point in both) go through separate projection MLPs and are L2-normalised. For an anchor pixel the
 positive is its own strong embedding; ``R`` negatives are strong embeddings of other pixels anywhere
 in the batch, drawn by :mod:`~sskd_deploy.training.negatives` from the model's own detached
-predictions. The strong branch is a stop-gradient target: its head starts as a copy of the weak
-head, is frozen and runs without autograd, so the gradient reaches the encoder only through the
-weak view.
+predictions. The strong branch is a stop-gradient target that lives in the weak branch's embedding
+space: ``strong_head="shared"`` projects it with the weak head's current weights, ``"ema"`` with an
+exponential moving average of them (momentum ``ema_momentum``, updated before each use); either way
+it runs without autograd, so the gradient reaches the encoder only through the weak view. (A strong
+head frozen at its initial weights would be a fixed random target.)
 
     L = -mean_a log( exp(s+) / (exp(s+) + sum_r exp(s-_r)) ),  s = <z_w, z> / T
 
@@ -30,6 +32,8 @@ from sskd_deploy.training.negatives import (
     sample_negatives,
     sampling_embedding,
 )
+
+STRONG_HEADS = ("shared", "ema")
 
 __all__ = [
     "PixelContrast", "ProjectionHead", "info_nce", "negative_weights", "sample_negatives", "sampling_embedding",
@@ -118,28 +122,43 @@ class PixelContrast(nn.Module):
     def __init__(
         self, *, in_channels: int, hidden_dim: int = 256, embed_dim: int = 128, num_negatives: int = 200,
         sampling: str = "fused", max_anchors: int | None = 1024, patch_size: int | None = 14, mask_stride: int = 4,
+        strong_head: str = "shared", ema_momentum: float = 0.99,
     ) -> None:
         super().__init__()
         if sampling not in SAMPLING_VARIANTS:
             raise ValueError(f"sampling must be one of {SAMPLING_VARIANTS}, got {sampling!r}")
+        if strong_head not in STRONG_HEADS or not 0 <= ema_momentum < 1:
+            raise ValueError(f"strong_head must be one of {STRONG_HEADS} and 0 <= ema_momentum < 1, "
+                             f"got {strong_head!r}, {ema_momentum}")
         if num_negatives < 1 or (max_anchors is not None and max_anchors < 1):
             raise ValueError(f"num_negatives and max_anchors must be >= 1, got {num_negatives}, {max_anchors}")
         self.num_negatives, self.sampling, self.max_anchors = num_negatives, sampling, max_anchors
         self.patch_size, self.mask_stride = patch_size, mask_stride
         self.weak_head = ProjectionHead(in_channels=in_channels, hidden_dim=hidden_dim, out_dim=embed_dim)
-        self.strong_head = ProjectionHead(in_channels=in_channels, hidden_dim=hidden_dim, out_dim=embed_dim)
-        # Same starting weights, so the positive pairs start aligned (the features of the two views
-        # are close) instead of comparing two unrelated random projections.
-        self.strong_head.load_state_dict(self.weak_head.state_dict())
-        # Stop-gradient target: frozen, so no optimizer or DDP reducer ever expects a gradient for it.
-        self.strong_head.requires_grad_(False)
+        self.strong_mode, self.ema_momentum = strong_head, ema_momentum
+        self.strong_head: ProjectionHead | None = None
+        if strong_head == "ema":
+            # Starts as a copy of the weak head and follows it; no optimizer or DDP reducer touches it.
+            self.strong_head = ProjectionHead(in_channels=in_channels, hidden_dim=hidden_dim, out_dim=embed_dim)
+            self.strong_head.load_state_dict(self.weak_head.state_dict())
+            self.strong_head.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg, *, in_channels: int, patch_size: int | None) -> PixelContrast:
         """From a ``train.pxl`` section (:class:`~sskd_deploy.train_config.PixelContrastConfig`)."""
         return cls(in_channels=in_channels, hidden_dim=cfg.hidden_dim, embed_dim=cfg.embed_dim,
                    num_negatives=cfg.num_negatives, sampling=cfg.sampling, max_anchors=cfg.max_anchors,
-                   patch_size=patch_size)
+                   patch_size=patch_size, strong_head=cfg.strong_head, ema_momentum=cfg.ema_momentum)
+
+    @torch.no_grad()
+    def project_strong(self, feat_strong: Tensor) -> Tensor:
+        """Strong-view embeddings ``(B, D, h, w)`` without gradient, in the weak head's space."""
+        if self.strong_head is None:
+            return self.weak_head(feat_strong.detach())
+        if self.training:  # the EMA follows the weak head as it was after the last optimizer step
+            for ema, live in zip(self.strong_head.parameters(), self.weak_head.parameters()):
+                ema.lerp_(live.detach(), 1.0 - self.ema_momentum)
+        return self.strong_head(feat_strong.detach())
 
     def forward(
         self, feat_weak: Tensor, feat_strong: Tensor, pred_logits: Tensor, pred_masks: Tensor, *,
@@ -164,7 +183,7 @@ class PixelContrast(nn.Module):
         size = tuple(feat_weak.shape[-2:])
         z_weak = _flat_unit(self.weak_head(feat_weak))  # (P, D), P = B*h*w
         with torch.no_grad():
-            z_strong = _flat_unit(self.strong_head(feat_strong.detach()))
+            z_strong = _flat_unit(self.project_strong(feat_strong))
             y = sampling_embedding(pred_logits, pred_masks, size, self.sampling,
                                    patch_size=self.patch_size, mask_stride=self.mask_stride).flatten(0, 1)
             anchors = self._pick_anchors(z_weak.shape[0], generator, z_weak.device)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from sskd_deploy.data.augment import StrongAugment, WeakAugment, make_views
+from sskd_deploy.data.augment import StrongAugment, WeakAugment, copy_paste
 from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.records import Dataset, ImageRecord
 
@@ -36,16 +36,19 @@ class SegmentationSamples(TorchDataset):
     ``__getitem__(i)`` returns ``{"weak": uint8 (3, H, W), "strong": uint8 (3, H, W), "labels": int64
     (N,), "masks": bool (N, H, W), "instance_ids": int64 (H, W) (all -1 when the record has no
     labels or ``ground_truth`` is off, as for pseudo-labels), "image_id": int}``. Crowd regions
-    are dropped from the targets.
+    are dropped from the targets. With ``strong=False`` (no pixel contrastive term) there is no
+    ``"strong"`` key: the photometric view is most of a sample's cost and nothing would use it.
     """
 
     def __init__(
         self, *, dataset: Dataset, input_size: tuple[int, int], seed: int,
         scale_range: tuple[float, float] = (0.75, 1.25), hflip_prob: float = 0.5, ground_truth: bool = True,
+        strong: bool = True, copy_paste: float = 0.0,
     ) -> None:
         self.records: tuple[ImageRecord, ...] = dataset.records
         self.weak = WeakAugment(output_size=tuple(input_size), scale_range=tuple(scale_range), hflip_prob=hflip_prob)
-        self.strong = StrongAugment()
+        self.strong = StrongAugment() if strong else None
+        self.copy_paste = copy_paste  # probability of pasting instances of another image of the set
         self.seed = seed
         self.epoch = 0
         # Pseudo-labels are targets, not truth: their instance ids must not score L_pxl's false negatives.
@@ -63,20 +66,37 @@ class SegmentationSamples(TorchDataset):
         instances = record.instances()
         keep_gt = ~instances.iscrowd
         masks, labels = instances.masks[keep_gt], instances.labels[keep_gt]
-        weak, strong, view_masks, keep, valid = make_views(read_image(record.path), masks, self.weak, self.strong, rng)
+        weak, view_masks, keep, valid = self.weak(read_image(record.path), masks, rng)
         view_masks, labels = view_masks[keep], labels[keep]
+        if self.copy_paste > 0 and rng.random() < self.copy_paste:
+            weak, view_masks, labels = copy_paste(weak, view_masks, labels, valid, self._source_view(rng), rng)
         if record.labeled and self.ground_truth:
             ids = instance_id_map(view_masks, valid)
         else:
             ids = np.full(valid.shape, -1, np.int64)
-        return {
-            "weak": torch.from_numpy(np.ascontiguousarray(weak.transpose(2, 0, 1))),
-            "strong": torch.from_numpy(np.ascontiguousarray(strong.transpose(2, 0, 1))),
+        sample = {
+            "weak": _chw(weak),
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "masks": torch.from_numpy(view_masks),
             "instance_ids": torch.from_numpy(ids),
             "image_id": record.image_id,
         }
+        if self.strong is not None:  # made from the weak view, so pixel (r, c) is the same scene point
+            sample["strong"] = _chw(self.strong(weak, rng, valid))
+        return sample
+
+
+    def _source_view(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Another image of the set (drawn from ``rng``) under its own weak geometry, for copy-paste."""
+        record = self.records[int(rng.integers(len(self.records)))]
+        instances = record.instances()
+        keep_gt = ~instances.iscrowd
+        image, masks, keep, valid = self.weak(read_image(record.path), instances.masks[keep_gt], rng)
+        return image, masks[keep], instances.labels[keep_gt][keep], valid
+
+
+def _chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 class PairedSet(TorchDataset):
@@ -104,10 +124,12 @@ def collate_samples(samples: list[Sample]) -> Sample:
     """Stack images, keep per-image targets as lists (instance counts differ); recurse into pairs."""
     if "l" in samples[0]:
         return {key: collate_samples([s[key] for s in samples]) for key in ("l", "u")}
-    return {
+    batch = {
         "weak": torch.stack([s["weak"] for s in samples]),
-        "strong": torch.stack([s["strong"] for s in samples]),
         "instance_ids": torch.stack([s["instance_ids"] for s in samples]),
         "targets": [{"labels": s["labels"], "masks": s["masks"]} for s in samples],
         "image_ids": [s["image_id"] for s in samples],
     }
+    if "strong" in samples[0]:
+        batch["strong"] = torch.stack([s["strong"] for s in samples])
+    return batch

@@ -3,6 +3,8 @@
 ``metrics.jsonl`` holds one JSON object per log step: ``{"step", "epoch", "lr", "lr_<group>",
 "seconds" (training wall time so far, resumes included), "step_seconds", <loss term>: float or
 null, ...}``; loss terms are means over the steps since the previous line (and over ranks).
+Validation adds lines ``{"step", "epoch", "seconds", "eval_seconds", "val_ap", "val_ap50",
+["train_ap", "train_ap50"]}`` (mask AP in points) every ``train.eval_every`` steps and at the end.
 Only rank 0 creates these objects.
 """
 
@@ -18,7 +20,9 @@ from sskd_deploy.io import atomic_write_bytes, atomic_write_text
 from sskd_deploy.training.distributed import gather_objects
 
 # keys of a metrics line that are bookkeeping, not curves
-NOT_PLOTTED = frozenset({"step", "epoch", "seconds", "step_seconds"})
+NOT_PLOTTED = frozenset({"step", "epoch", "seconds", "step_seconds", "eval_seconds"})
+# validation lines (train.eval_every) carry mask AP in points under keys ending in this; one panel
+AP_SUFFIX = "_ap"
 
 
 def finite_or_none(value: float) -> float | None:
@@ -53,7 +57,11 @@ class MetricsLog:
             return math.inf
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
+        self.append(self.path, record)
+
+    @staticmethod
+    def append(path: Path, record: dict[str, Any]) -> None:
+        with Path(path).open("a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -131,6 +139,16 @@ def read_metrics(metrics_jsonl: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
 
 
+def append_final_eval(metrics_jsonl: Path, step: int, values: dict[str, float], seconds: float) -> None:
+    """Add the stage's final validation as the curve's last point (once, even when a stage is finished twice)."""
+    records = read_metrics(metrics_jsonl)
+    if any(r.get("step") == step and "val_ap" in r for r in records):
+        return
+    last = records[-1] if records else {}
+    MetricsLog.append(metrics_jsonl, {"step": step, "epoch": last.get("epoch"), "seconds": last.get("seconds"),
+                                      "eval_seconds": round(seconds, 2), **values})
+
+
 def plot_curves(metrics_jsonl: Path, out_png: Path) -> Path:
     """One subplot per logged curve (loss terms, diagnostics, ``lr``) against the step; PNG, atomic.
 
@@ -141,16 +159,21 @@ def plot_curves(metrics_jsonl: Path, out_png: Path) -> Path:
 
     records = read_metrics(metrics_jsonl)
     names = sorted({k for r in records for k in r if k not in NOT_PLOTTED and not k.startswith("lr_")})
-    names = ([n for n in names if n == "loss"] + [n for n in names if n not in ("loss", "lr")]
-             + [n for n in names if n == "lr"])
+    ap_names = [n for n in names if n.endswith(AP_SUFFIX)]
+    names = ([n for n in names if n == "loss"] + (["mask AP"] if ap_names else [])
+             + [n for n in names if n not in ("loss", "lr") and n not in ap_names] + [n for n in names if n == "lr"])
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     figure = Figure(figsize=(4 * cols, 2.8 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     for i, name in enumerate(names):
         ax = figure.add_subplot(rows, cols, i + 1)
-        points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.2)
+        for curve in ap_names if name == "mask AP" else [name]:
+            points = [(r["step"], r[curve]) for r in records if r.get(curve) is not None]
+            style = {"marker": "o", "markersize": 3, "label": curve} if name == "mask AP" else {}
+            ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.2, **style)
+        if name == "mask AP":
+            ax.legend(fontsize=7)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -57,6 +57,8 @@ from sskd_deploy.training.state import (
 __all__ = ["LoopConfig", "LoopResult", "TrainingDivergedError", "TrainingStateError", "train_loop"]
 
 StepFn = Callable[[nn.Module, Any, int], dict[str, Any]]
+# evaluate(model) -> {"val_ap": ..., ...}: called on rank 0 every ``eval_every`` steps, model in eval mode
+EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class LoopConfig:
     find_unused_parameters: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
+    eval_every: int = 0
     seed: int = 0
     num_workers: int = 0
 
@@ -90,6 +93,7 @@ class LoopConfig:
             "poly_power must be >= 0": self.poly_power >= 0, "grad_clip must be >= 0 (0 disables)": self.grad_clip >= 0,
             "amp_dtype must be float16 or bfloat16": self.amp_dtype in ("float16", "bfloat16"),
             "checkpoint_every must be >= 1": self.checkpoint_every >= 1, "log_every must be >= 1": self.log_every >= 1,
+            "eval_every must be >= 0 (0 disables)": self.eval_every >= 0,
             "num_workers must be >= 0": self.num_workers >= 0,
         }
         problems = [f"loop config: {message}" for message, ok in checks.items() if not ok]
@@ -120,6 +124,7 @@ def train_loop(
     *, out_dir: Path, model: nn.Module, step_fn: StepFn, dataset: TorchDataset, collate: Callable | None,
     cfg: LoopConfig, param_groups: dict[str, list[nn.Parameter]] | None = None,
     extra_modules: dict[str, nn.Module] | None = None, console: Any = None, device: str | torch.device = "cpu",
+    evaluate: EvalFn | None = None,
 ) -> LoopResult:
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``out_dir/train_state.pt`` if present.
 
@@ -128,11 +133,15 @@ def train_loop(
     ``"extra"``. Extra modules are saved/restored with the state and their gradients averaged over
     ranks. Writes ``train_state.pt`` every ``checkpoint_every`` steps, at the end and on Ctrl-C /
     SIGTERM (then re-raises ``KeyboardInterrupt``); rank 0 writes ``metrics.jsonl`` and shows the bar.
+    With ``evaluate`` and ``cfg.eval_every``, rank 0 validates every ``eval_every`` steps (not at the
+    last step: the stage evaluates its final model itself) and logs the result as a metrics line
+    ``{"step", "eval_seconds", <evaluate's keys>}``; evaluation time is not training time, and the
+    RNG streams are restored afterwards, so validating never changes the trained weights.
     Raises :class:`TrainingDivergedError` on a non-finite loss, before the weights are touched.
     """
     return _Run(out_dir=Path(out_dir), model=model, step_fn=step_fn, dataset=dataset, collate=collate, cfg=cfg,
                 param_groups=param_groups, extra=dict(extra_modules or {}), console=console,
-                device=torch.device(device)).run()
+                device=torch.device(device), evaluate=evaluate).run()
 
 
 class _Run:
@@ -140,10 +149,11 @@ class _Run:
 
     def __init__(self, *, out_dir: Path, model: nn.Module, step_fn: StepFn, dataset: TorchDataset,
                  collate: Callable | None, cfg: LoopConfig, param_groups: dict[str, list[nn.Parameter]] | None,
-                 extra: dict[str, nn.Module], console: Any, device: torch.device) -> None:
+                 extra: dict[str, nn.Module], console: Any, device: torch.device,
+                 evaluate: EvalFn | None = None) -> None:
         self.out_dir, self.state_path, self.cfg, self.device = out_dir, out_dir / STATE_FILE, cfg, device
         self.model, self.extra, self.step_fn = model.to(device), {k: m.to(device) for k, m in extra.items()}, step_fn
-        self.dataset, self.collate = dataset, collate
+        self.dataset, self.collate, self.evaluate = dataset, collate, evaluate
         self.rank, self.world = rank_and_world()
         self.console = console if self.rank == 0 else None
         self.optimizer = build_optimizer(complete_groups(param_groups, self.model, self.extra), cfg)
@@ -291,8 +301,25 @@ class _Run:
                 lrs = {f"lr_{k}": v for k, v in self.step_lrs.items()}
                 log.write({"step": self.step, "epoch": epoch, "seconds": round(self.elapsed, 3),
                            "lr": self.cfg.lr * lr_lambda(self.step - 1, self.cfg), **lrs, **means})
+        if self.evaluate is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not final:
+            self.validate(log, epoch)
         if self.step % self.cfg.checkpoint_every == 0 or final:
             self.checkpoint()
+
+    def validate(self, log: MetricsLog | None, epoch: int) -> None:
+        """Rank 0 evaluates the model (eval mode, RNG streams untouched); every rank waits for it."""
+        if self.rank == 0:
+            tick, rng = time.perf_counter(), capture_rng()
+            self.model.eval()
+            try:
+                results = self.evaluate(self.model)
+            finally:
+                self.model.train()
+                restore_rng(rng)
+            if log is not None:
+                log.write({"step": self.step, "epoch": epoch, "seconds": round(self.elapsed, 3),
+                           "eval_seconds": round(time.perf_counter() - tick, 2), **results})
+        barrier()
 
     def checkpoint(self) -> None:
         """Write ``train_state.pt`` for the last completed step (rank 0; every rank joins the gather)."""

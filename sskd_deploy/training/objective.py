@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sskd_deploy.models.criterion import SetCriterion
 from sskd_deploy.training.contrastive import PixelContrast, temperature_at
+
+
+LAST_LAYER_TERMS = ("loss_class", "loss_mask", "loss_dice")
+OPTIONAL_TERMS = ("loss_semantic",)
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,30 @@ def unwrap(model: nn.Module) -> nn.Module:
 def slice_outputs(outputs: dict[str, Any], rows: slice) -> dict[str, Any]:
     """The model outputs of the images ``rows`` of the batch (aux outputs included)."""
     sliced = {k: outputs[k][rows] for k in ("pred_logits", "pred_masks")}
+    if "aux_semantic" in outputs:
+        sliced["aux_semantic"] = [level[rows] for level in outputs["aux_semantic"]]
     sliced["aux_outputs"] = [{k: aux[k][rows] for k in ("pred_logits", "pred_masks")} for aux in outputs["aux_outputs"]]
+    if "query_groups" in outputs:
+        sliced["query_groups"] = outputs["query_groups"]
     return sliced
 
 
+def first_group(outputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """``(pred_logits, pred_masks)`` of the first query group: the queries inference uses (Group DETR)."""
+    count = outputs["pred_logits"].shape[1] // int(outputs.get("query_groups", 1))
+    return outputs["pred_logits"][:, :count], outputs["pred_masks"][:, :count]
+
+
 def ids_on_grid(instance_ids: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
-    """Instance id at the centre pixel of each ``patch`` x ``patch`` cell: (B, H, W) -> (B, gh, gw)."""
+    """Instance id at the centre pixel of each ``patch`` x ``patch`` cell: (B, H, W) -> (B, gh, gw).
+
+    The grid may cover more than the image (the encoder pads to whole patches): cells whose centre
+    falls outside it get -1 (unknown), like padding.
+    """
+    height, width = instance_ids.shape[-2:]
+    pad_h, pad_w = max(0, grid[0] * patch - height), max(0, grid[1] * patch - width)
+    if pad_h or pad_w:
+        instance_ids = F.pad(instance_ids, (0, pad_w, 0, pad_h), value=-1)
     offset = patch // 2
     return instance_ids[:, offset : offset + grid[0] * patch : patch, offset : offset + grid[1] * patch : patch]
 
@@ -58,7 +81,8 @@ def make_step(
     *, criterion: SetCriterion, pxl: PixelContrast | None, weights: ObjectiveWeights, total_steps: int,
     generator_seed: int = 0,
 ) -> Callable[[nn.Module, dict, int], dict[str, Tensor]]:
-    """A ``step_fn(model, batch, step) -> {"loss", "sup", ["semi"], ["pxl", diagnostics...]}``.
+    """A ``step_fn(model, batch, step) -> {"loss", "sup", "sup_class", "sup_mask", "sup_dice", ["semi"],
+    ["pxl", diagnostics...]}`` (``sup_*``: the final layer's weighted terms, for the log only).
 
     ``batch`` is :func:`~sskd_deploy.training.data.collate_samples` output: either one labeled batch
     or ``{"l": labeled, "u": pseudo-labeled}``.
@@ -70,7 +94,11 @@ def make_step(
         weak = torch.cat([p["weak"] for p in parts])
         outputs = model(net.normalize(weak))
         n_labeled = parts[0]["weak"].shape[0]
-        terms = {"sup": criterion(slice_outputs(outputs, slice(0, n_labeled)), parts[0]["targets"])["loss"]}
+        sup = criterion(slice_outputs(outputs, slice(0, n_labeled)), parts[0]["targets"])
+        terms = {"sup": sup["loss"]}
+        # the last layer's three terms, detached: which of class / mask / dice is still high
+        terms.update({f"sup_{k.removeprefix('loss_')}": sup[k].detach() for k in LAST_LAYER_TERMS + OPTIONAL_TERMS
+                      if k in sup})
         loss = terms["sup"]
         if len(parts) == 2 and weights.lambda_semi > 0:
             terms["semi"] = criterion(slice_outputs(outputs, slice(n_labeled, None)), parts[1]["targets"])["loss"]
@@ -89,13 +117,15 @@ def _pixel_term(net, pxl, parts, outputs, step, total_steps, weights, seed) -> t
     with torch.no_grad():  # the strong branch is a fixed target: no gradient through it
         feat_strong = net.encoder(net.normalize(strong))[-1]
     feat_weak = outputs["features"]
-    ids = ids_on_grid(torch.cat([p["instance_ids"] for p in parts]), tuple(feat_weak.shape[-2:]), net.encoder.patch_size)
+    ids = ids_on_grid(torch.cat([p["instance_ids"] for p in parts]), tuple(feat_weak.shape[-2:]),
+                      net.encoder.feature_stride)
     temperature = temperature_at(
         step, total_steps, start=weights.temperature_start, end=weights.temperature_end,
         schedule=weights.temperature_schedule,
     )
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    pred_logits, pred_masks = first_group(outputs)  # the sampler's softmax is over one group's queries
     return pxl(
-        feat_weak, feat_strong, outputs["pred_logits"], outputs["pred_masks"], temperature=temperature,
+        feat_weak, feat_strong, pred_logits, pred_masks, temperature=temperature,
         instance_ids=ids, generator=generator,
     )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sskd_deploy.training.loop import LoopConfig
 
 BACKBONE_GROUP = "encoder"
+NO_DECAY = ".no_decay"  # suffix of a group without weight decay
 
 
 def lr_lambda(step: int, cfg: LoopConfig) -> float:
@@ -58,8 +59,10 @@ def build_optimizer(param_groups: dict[str, list[nn.Parameter]], cfg: LoopConfig
 
     The ``"encoder"`` group gets ``lr * backbone_lr_mult``, every other group ``lr``. With
     ``cfg.decay_1d=False`` (default) 1-D parameters (biases, norm scales) go to a sibling group
-    ``"<name>.no_decay"`` without weight decay, as Mask2Former trains them. Parameters that do
-    not require grad are dropped; a parameter listed twice is an error.
+    ``"<name>.no_decay"`` without weight decay, as Mask2Former trains them. A group the caller
+    already names ``"<name>.no_decay"`` (embeddings: positions, tokens, queries) gets no weight
+    decay whatever its shape, and ``<name>``'s lr. Parameters that do not require grad are dropped;
+    a parameter listed twice is an error.
     """
     groups, seen = [], set()
     for name, params in param_groups.items():
@@ -68,13 +71,15 @@ def build_optimizer(param_groups: dict[str, list[nn.Parameter]], cfg: LoopConfig
         if duplicated:
             raise ValueError(f"param group {name!r} repeats {len(duplicated)} parameter(s) of another group")
         seen.update(id(p) for p in params)
-        lr = cfg.lr * (cfg.backbone_lr_mult if name == BACKBONE_GROUP else 1.0)
-        decay = [p for p in params if cfg.decay_1d or p.ndim > 1]
-        no_decay = [p for p in params if not cfg.decay_1d and p.ndim <= 1]
+        base = name.removesuffix(NO_DECAY)
+        lr = cfg.lr * (cfg.backbone_lr_mult if base == BACKBONE_GROUP else 1.0)
+        exempt = name.endswith(NO_DECAY)
+        decay = [p for p in params if not exempt and (cfg.decay_1d or p.ndim > 1)]
+        no_decay = [p for p in params if exempt or (not cfg.decay_1d and p.ndim <= 1)]
         if decay:
             groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": cfg.weight_decay})
         if no_decay:
-            groups.append({"name": f"{name}.no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+            groups.append({"name": f"{base}{NO_DECAY}", "params": no_decay, "lr": lr, "weight_decay": 0.0})
     if not groups:
         raise ValueError("no trainable parameters: every param group is empty or frozen")
     return AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -87,4 +92,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> Lambda
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Current lr of each named group: ``{"encoder": ..., "decoder": ...}`` (no-decay twins merged)."""
-    return {g["name"].removesuffix(".no_decay"): g["lr"] for g in optimizer.param_groups}
+    return {g["name"].removesuffix(NO_DECAY): g["lr"] for g in optimizer.param_groups}

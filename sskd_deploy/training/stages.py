@@ -20,7 +20,7 @@ from sskd_deploy.training.context import TrainContext, mark_complete, read_compl
 from sskd_deploy.training.contrastive import PixelContrast
 from sskd_deploy.training.data import collate_samples
 from sskd_deploy.training.grounded import grounded_teacher_1a, grounded_teacher_1b, is_grounded
-from sskd_deploy.training.logging import plot_curves
+from sskd_deploy.training.logging import append_final_eval, plot_curves
 from sskd_deploy.training.loop import LoopConfig, train_loop
 from sskd_deploy.training.objective import ObjectiveWeights, make_step, unwrap
 from sskd_deploy.training.pseudo import pseudo_label
@@ -40,9 +40,9 @@ def fit(
     )
     contrast = None
     if pxl and t.lambda_pxl > 0:
-        contrast = PixelContrast.from_config(t.pxl, in_channels=model.encoder.hidden_size,
-                                             patch_size=model.encoder.patch_size).to(ctx.device)
-    groups = model.parameter_groups()
+        contrast = PixelContrast.from_config(t.pxl, in_channels=model.encoder.feature_channels,
+                                             patch_size=model.encoder.feature_stride).to(ctx.device)
+    groups = model.parameter_groups(decay_embeddings=t.optim.decay_embeddings)
     extra = {}
     if contrast is not None:
         groups["decoder"] = groups["decoder"] + list(contrast.parameters())
@@ -53,8 +53,24 @@ def fit(
     result = train_loop(
         out_dir=out, model=model, step_fn=step_fn, dataset=dataset, collate=collate_samples, cfg=loop,
         param_groups=groups, extra_modules=extra, console=ctx.console if ctx.is_main else None, device=ctx.device,
+        evaluate=lambda net: validation_metrics(ctx, net, role)[0],
     )
     return _finish(ctx, stage, unwrap(model), role, result, time.perf_counter() - start)
+
+
+def validation_metrics(ctx: TrainContext, model: nn.Module, role: str):
+    """Mask AP (points) through the deploy wrapper on val and, with ``train.eval_train_images``, on
+    the first labeled training images: ``({"val_ap", "val_ap50", ["train_ap", "train_ap50"]}, val EvalResult)``."""
+    config = ctx.model_config(role)
+    wrapper = DeployWrapper(model=model, spec=ctx.spec(config))
+    val, _ = evaluate_wrapper(wrapper, ctx.data.val, batch_size=ctx.train.eval_batch_size, device=ctx.device)
+    values = {"val_ap": round(100 * val.ap, 2), "val_ap50": round(100 * val.ap50, 2)}
+    count = min(ctx.train.eval_train_images, len(ctx.data.labeled))
+    if count:
+        seen, _ = evaluate_wrapper(wrapper, ctx.data.labeled.subset(range(count)),
+                                   batch_size=ctx.train.eval_batch_size, device=ctx.device)
+        values.update(train_ap=round(100 * seen.ap, 2), train_ap50=round(100 * seen.ap50, 2))
+    return values, val
 
 
 def _loop_config(ctx: TrainContext, schedule: StageSchedule, role: str) -> LoopConfig:
@@ -63,7 +79,7 @@ def _loop_config(ctx: TrainContext, schedule: StageSchedule, role: str) -> LoopC
         steps=schedule.steps, batch_size=schedule.batch_size, lr=schedule.lr, weight_decay=o.weight_decay,
         backbone_lr_mult=ctx.train.backbone_lr_mult_for(role), warmup_steps=min(o.warmup_steps, schedule.steps - 1),
         poly_power=o.poly_power, grad_clip=o.grad_clip, amp=o.amp, checkpoint_every=o.checkpoint_every,
-        log_every=o.log_every, seed=ctx.config.run.seed,
+        log_every=o.log_every, eval_every=ctx.train.eval_every, seed=ctx.config.run.seed,
     )
 
 
@@ -75,16 +91,22 @@ def _finish(ctx: TrainContext, stage: str, model: nn.Module, role: str, result, 
     if ctx.is_main:
         save_checkpoint(out / "model.safetensors", model=model, config=config, spec=ctx.spec(config),
                         extra={"stage": stage, "steps": result.steps})
-        metrics, _ = evaluate_wrapper(DeployWrapper(model=model.eval(), spec=ctx.spec(config)), ctx.data.val,
-                                      batch_size=ctx.train.eval_batch_size, device=ctx.device)
+        tick = time.perf_counter()
+        values, metrics = validation_metrics(ctx, model.eval(), role)
         atomic_write_json(out / "eval.json", metrics.to_dict(), indent=2)
         if (out / "metrics.jsonl").is_file():
+            append_final_eval(out / "metrics.jsonl", result.steps, values, time.perf_counter() - tick)
             plot_curves(out / "metrics.jsonl", out / "curves.png")
         record.update(ap=metrics.ap, ap50=metrics.ap50)
         mark_complete(out, record)
         ctx.log(f"[bold]{stage}[/bold]: mask AP {100 * metrics.ap:.1f}, AP50 {100 * metrics.ap50:.1f} "
                 f"({seconds:.0f} s)")
     return record
+
+
+def _pxl_on(ctx: TrainContext) -> bool:
+    """Whether the stages with L_pxl really compute it (and so need strong views)."""
+    return ctx.train.lambda_pxl > 0
 
 
 def _done(ctx: TrainContext, stage: str) -> dict | None:
@@ -101,7 +123,7 @@ def teacher_1a(ctx: TrainContext) -> dict:
     if is_grounded(ctx):
         return grounded_teacher_1a(ctx)
     model = ctx.load(ctx.initial_weights("teacher"), "teacher")
-    return fit(ctx, "teacher_1a", model, ctx.samples(ctx.data.labeled, 11), ctx.train.teacher_1a,
+    return fit(ctx, "teacher_1a", model, ctx.samples(ctx.data.labeled, 11, strong=_pxl_on(ctx)), ctx.train.teacher_1a,
                role="teacher", semi=False, pxl=True)
 
 
@@ -113,7 +135,7 @@ def teacher_1b(ctx: TrainContext) -> dict:
         return grounded_teacher_1b(ctx, require_stage(ctx, "teacher_1a", "teacher_1b"))
     store = pseudo_label(ctx, require_stage(ctx, "teacher_1a", "teacher_1b"))
     model = ctx.load(ctx.initial_weights("teacher"), "teacher")
-    return fit(ctx, "teacher_1b", model, ctx.paired(store.dataset, 21), ctx.train.teacher_1b,
+    return fit(ctx, "teacher_1b", model, ctx.paired(store.dataset, 21, strong=_pxl_on(ctx)), ctx.train.teacher_1b,
                role="teacher", semi=True, pxl=True)
 
 
@@ -123,7 +145,7 @@ def student_2(ctx: TrainContext) -> dict:
         return record
     store = pseudo_label(ctx, require_stage(ctx, "teacher_1b", "student_2"))
     model = ctx.load(ctx.initial_weights("student"), "student")
-    return fit(ctx, "student_2", model, ctx.paired(store.dataset, 31), ctx.train.student_2,
+    return fit(ctx, "student_2", model, ctx.paired(store.dataset, 31, strong=_pxl_on(ctx)), ctx.train.student_2,
                role="student", semi=True, pxl=True)
 
 
@@ -132,7 +154,7 @@ def student_3(ctx: TrainContext) -> dict:
     if (record := _done(ctx, "student_3")) is not None:
         return record
     model = ctx.load(require_stage(ctx, "student_2", "student_3"), "student")
-    return fit(ctx, "student_3", model, ctx.samples(ctx.data.labeled, 41), ctx.train.student_3,
+    return fit(ctx, "student_3", model, ctx.samples(ctx.data.labeled, 41, strong=False), ctx.train.student_3,
                role="student", semi=False, pxl=False)
 
 
@@ -141,7 +163,8 @@ def supervised(ctx: TrainContext) -> dict:
     if (record := _done(ctx, "supervised")) is not None:
         return record
     model = ctx.load(ctx.initial_weights("student"), "student")
-    return fit(ctx, "supervised", model, ctx.samples(ctx.data.labeled, 51), ctx.train.supervised_schedule(),
+    return fit(ctx, "supervised", model, ctx.samples(ctx.data.labeled, 51, strong=False),
+               ctx.train.supervised_schedule(),
                role="student", semi=False, pxl=False)
 
 

@@ -32,6 +32,8 @@ train:
   pxl: {{num_negatives: 8, max_anchors: 32, hidden_dim: 16, embed_dim: 8}}
   pseudo: {{score_threshold: 0.0, class_threshold: 0.0, min_area: 4, max_instances: 3, batch_size: 4}}
   eval_batch_size: 4
+  eval_every: 2
+  eval_train_images: 2
   device: cpu
 """
 
@@ -63,8 +65,13 @@ def test_all_stages_write_their_outputs(trained) -> None:
         assert (out / "model.safetensors").stat().st_size > 0
         assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert lines and {"step", "loss", "sup"} <= set(lines[-1])
+        losses, evals = [r for r in lines if "loss" in r], [r for r in lines if "val_ap" in r]
+        assert losses and {"step", "loss", "sup", "sup_class", "sup_mask", "sup_dice"} <= set(losses[-1])
         assert json.loads((out / "eval.json").read_text())["ap"] == pytest.approx(record["ap"])
+        # validation during the stage (train.eval_every: 2), then the final model as the curve's last point
+        assert [r["step"] for r in evals] == [*range(2, record["steps"], 2), record["steps"]]
+        assert evals[-1]["val_ap"] == pytest.approx(100 * record["ap"], abs=0.01)
+        assert {"train_ap", "train_ap50", "eval_seconds"} <= set(evals[-1])
     # the stages with L_pxl log it and its diagnostics; stage 3 and the baseline do not
     first = json.loads((run / "train" / "student_2" / "metrics.jsonl").read_text().splitlines()[0])
     assert {"pxl", "semi", "margin", "false_negative_rate"} <= set(first)

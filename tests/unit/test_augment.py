@@ -15,6 +15,7 @@ from sskd_deploy.data.augment import (
     ViewGeometry,
     WeakAugment,
     apply_geometry,
+    copy_paste,
     hsv_to_rgb,
     make_views,
     rgb_to_hsv,
@@ -222,3 +223,32 @@ def test_bad_parameters_are_rejected() -> None:
     geometry = ViewGeometry((10, 10), (10, 10), (0, 0), (5, 5), flip=False)
     with pytest.raises(ValueError, match="input size"):
         apply_geometry(np.zeros((12, 10, 3), np.uint8), np.zeros((0, 12, 10), bool), geometry)
+
+
+def test_copy_paste_puts_instances_on_top_and_keeps_masks_exact() -> None:
+    rng = np.random.default_rng(0)
+    image = np.zeros((20, 20, 3), np.uint8)
+    masks = np.zeros((2, 20, 20), bool)
+    masks[0, 2:10, 2:10] = True  # partly covered below: loses the pasted pixels
+    masks[1, 12:16, 12:16] = True  # fully covered: dropped (fewer than min_pixels left)
+    image[masks[0]], image[masks[1]] = 50, 60
+    src = np.full((20, 20, 3), 200, np.uint8)
+    src_masks = np.zeros((1, 20, 20), bool)
+    src_masks[0, 6:18, 6:18] = True
+    valid = np.ones((20, 20), bool)
+    out, new_masks, labels = copy_paste(image, masks, np.array([3, 4]), valid, (src, src_masks, np.array([1]), valid),
+                                        rng, keep_fraction=1.0, min_pixels=4)
+    assert labels.tolist() == [3, 1] and new_masks.shape == (2, 20, 20)
+    assert (out[src_masks[0]] == 200).all() and (out[~src_masks[0]] == image[~src_masks[0]]).all()
+    assert not (new_masks[0] & new_masks[1]).any()
+    assert new_masks[0].sum() == 64 - 16 and (new_masks[1] == src_masks[0]).all()
+    assert image[3, 3, 0] == 50  # the input is not modified
+
+
+def test_copy_paste_without_source_instances_changes_nothing() -> None:
+    image, masks = np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool)
+    valid = np.ones((8, 8), bool)
+    out, out_masks, labels = copy_paste(image, masks, np.array([0]), valid,
+                                        (image, np.zeros((0, 8, 8), bool), np.zeros(0, np.int64), valid),
+                                        np.random.default_rng(0))
+    assert out is image and out_masks is masks and labels.tolist() == [0]

@@ -45,6 +45,12 @@ def test_default_yaml_is_the_embedded_default() -> None:
     assert load_config(None) == Config()
 
 
+def test_shipped_long_run_config_loads() -> None:
+    config = load_config(REPO / "configs" / "supervised_long.yaml")
+    assert tuple(config.train.stages) == ("supervised",) and config.train.supervised.steps == 8000
+    assert config.train.eval_every == 500 and config.train.eval_train_images == 100
+
+
 def test_empty_file_means_all_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")) == Config()
     assert load_config(write(tmp_path, "# only a comment\n")) == Config()

@@ -89,9 +89,11 @@ def test_pixel_contrast_floor_end_to_end(num_negatives: int, drawn: int) -> None
     assert all(type(v) is float for v in diag.values())
 
 
-def test_gradient_flows_only_through_the_weak_branch() -> None:
+@pytest.mark.parametrize("strong_head", ["shared", "ema"])
+def test_gradient_flows_only_through_the_weak_branch(strong_head: str) -> None:
     torch.manual_seed(0)
-    pxl = PixelContrast(in_channels=6, hidden_dim=8, embed_dim=5, num_negatives=4, max_anchors=None)
+    pxl = PixelContrast(in_channels=6, hidden_dim=8, embed_dim=5, num_negatives=4, max_anchors=None,
+                        strong_head=strong_head)
     feat_weak = torch.randn(2, 6, 3, 4, requires_grad=True)
     feat_strong = torch.randn(2, 6, 3, 4, requires_grad=True)
     logits, masks = random_predictions(2, 3, 2, (12, 16))
@@ -101,14 +103,41 @@ def test_gradient_flows_only_through_the_weak_branch() -> None:
     assert feat_weak.grad is not None and feat_weak.grad.abs().sum() > 0
     assert feat_strong.grad is None and logits.grad is None and masks.grad is None
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pxl.weak_head.parameters())
-    assert all(p.grad is None and not p.requires_grad for p in pxl.strong_head.parameters())
-
-
-def test_heads_are_separate_modules_with_the_same_start() -> None:
-    pxl = PixelContrast(in_channels=6, hidden_dim=8, embed_dim=5)
-    weak, strong = pxl.weak_head.state_dict(), pxl.strong_head.state_dict()
-    assert all(torch.equal(weak[k], strong[k]) and weak[k].data_ptr() != strong[k].data_ptr() for k in weak)
     assert {n.split(".")[0] for n, p in pxl.named_parameters() if p.requires_grad} == {"weak_head"}
+
+
+def test_shared_strong_branch_follows_the_weak_head() -> None:
+    """The stop-gradient target lives in the weak head's current embedding space (not a frozen random one)."""
+    torch.manual_seed(0)
+    pxl = PixelContrast(in_channels=6, hidden_dim=8, embed_dim=5)
+    assert pxl.strong_head is None
+    feats = torch.randn(1, 6, 3, 4)
+    before = pxl.project_strong(feats)
+    torch.testing.assert_close(before, pxl.weak_head(feats).detach())
+    with torch.no_grad():
+        for p in pxl.weak_head.parameters():
+            p.add_(0.5)
+    assert not torch.allclose(pxl.project_strong(feats), before)
+    torch.testing.assert_close(pxl.project_strong(feats), pxl.weak_head(feats).detach())
+
+
+def test_ema_strong_head_starts_as_the_weak_head_and_moves_towards_it() -> None:
+    torch.manual_seed(0)
+    pxl = PixelContrast(in_channels=6, hidden_dim=8, embed_dim=5, strong_head="ema", ema_momentum=0.9)
+    weak, ema = pxl.weak_head.state_dict(), pxl.strong_head.state_dict()
+    assert all(torch.equal(weak[k], ema[k]) and weak[k].data_ptr() != ema[k].data_ptr() for k in weak)
+    with torch.no_grad():
+        for p in pxl.weak_head.parameters():
+            p.add_(1.0)
+    start = {k: v.clone() for k, v in pxl.strong_head.state_dict().items()}
+    pxl.project_strong(torch.randn(1, 6, 2, 2))  # training mode: one EMA update first
+    for key, value in pxl.strong_head.state_dict().items():
+        torch.testing.assert_close(value, 0.9 * start[key] + 0.1 * pxl.weak_head.state_dict()[key])
+    frozen = {k: v.clone() for k, v in pxl.strong_head.state_dict().items()}
+    pxl.eval().project_strong(torch.randn(1, 6, 2, 2))  # no update outside training
+    assert all(torch.equal(frozen[k], v) for k, v in pxl.strong_head.state_dict().items())
+    with pytest.raises(ValueError, match="strong_head"):
+        PixelContrast(in_channels=6, strong_head="frozen")
 
 
 def test_the_loss_trains_the_weak_head_towards_its_positive() -> None:
@@ -351,3 +380,18 @@ def test_anchor_without_valid_negatives_has_zero_loss_and_finite_gradient() -> N
     assert loss[0].item() == 0.0 and loss[1].item() > 0
     loss.sum().backward()
     assert torch.isfinite(anchor.grad).all() and torch.equal(anchor.grad[0], torch.zeros(4))
+
+
+def test_instance_ids_cover_the_padded_patch_grid() -> None:
+    """The encoder pads 64 x 96 to 70 x 98 (patch 14): the 5 x 7 grid reads ids at its cell centres,
+    and cells centred in the padding are unknown (-1)."""
+    from sskd_deploy.training.objective import ids_on_grid
+
+    ids = torch.zeros(1, 64, 96, dtype=torch.int64)
+    ids[0, 56:, :] = 3  # the last rows of the image
+    grid = ids_on_grid(ids, (5, 7), 14)
+    assert grid.shape == (1, 5, 7)
+    assert (grid[0, 4] == 3).all()  # centre row 63 lies in the image
+    assert (grid[0, :4] == 0).all()
+    tall = ids_on_grid(torch.zeros(1, 60, 96, dtype=torch.int64), (5, 7), 14)
+    assert (tall[0, 4] == -1).all()  # centre row 63 is padding of a 60-row image

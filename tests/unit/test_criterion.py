@@ -277,3 +277,63 @@ def test_bad_targets_and_outputs_are_rejected() -> None:
     with pytest.raises(ValueError, match="target dicts"):
         crit(random_outputs(1), TWO)
     assert LossWeights().no_object_weight == 0.1 and crit.class_weight.tolist()[-1] == pytest.approx(0.1)
+
+
+def test_semantic_aux_loss_reads_the_class_at_each_cell_centre() -> None:
+    """Dense auxiliary CE: cell targets are the class under the cell's centre pixel (background = C);
+    logits that put all mass on those classes score ~0, uniform logits score log(C + 1)."""
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, :16, :16] = True  # class 2, top-left quarter
+    masks[1, 16:, 8:24] = True  # class 0
+    target = {"labels": torch.tensor([2, 0]), "masks": masks}
+    criterion = SetCriterion(num_classes=3, num_points=None, weights=LossWeights(semantic_weight=1.0,
+                                                                                 semantic_loss="dense"))
+    expected = torch.full((1, 4, 4), 3)  # stride 8: centres at 4, 12, 20, 28
+    expected[0, :2, :2] = 2
+    expected[0, 2:, 1:3] = 0
+    perfect = 40.0 * torch.nn.functional.one_hot(expected, 4).permute(0, 3, 1, 2).float() - 20.0
+    assert criterion._semantic_loss([perfect], [target]) < 1e-6
+    uniform = torch.zeros(1, 4, 4, 4)
+    torch.testing.assert_close(criterion._semantic_loss([uniform], [target]), torch.tensor(math.log(4.0)))
+    # in the full loss, only when the model emits the head's logits, weighted
+    outputs = {"pred_logits": torch.zeros(1, 5, 4), "pred_masks": torch.zeros(1, 5, 8, 8)}
+    assert "loss_semantic" not in criterion(outputs, [target])
+    weighted = SetCriterion(num_classes=3, num_points=None, weights=LossWeights(semantic_weight=0.5,
+                                                                                semantic_loss="dense"))
+    losses = weighted({**outputs, "aux_semantic": [uniform]}, [target])
+    torch.testing.assert_close(losses["loss_semantic"], torch.tensor(0.5 * math.log(4.0)))
+
+
+def test_query_groups_are_matched_apart_and_averaged() -> None:
+    """Group DETR: two identical groups give exactly the one-group loss; each group is matched on its own."""
+    torch.manual_seed(0)
+    criterion = SetCriterion(num_classes=3, num_points=None)
+    target = {"labels": torch.tensor([1]), "masks": torch.rand(1, 16, 16) > 0.5}
+    logits, masks = torch.randn(1, 4, 4), torch.randn(1, 4, 8, 8)
+    single = criterion({"pred_logits": logits, "pred_masks": masks}, [target])
+    doubled = criterion({"pred_logits": logits.repeat(1, 2, 1), "pred_masks": masks.repeat(1, 2, 1, 1),
+                         "query_groups": 2}, [target])
+    torch.testing.assert_close(doubled["loss"], single["loss"])
+    other = criterion({"pred_logits": torch.cat([logits, torch.randn(1, 4, 4)], 1),
+                       "pred_masks": torch.cat([masks, torch.randn(1, 4, 8, 8)], 1), "query_groups": 2}, [target])
+    assert not torch.allclose(other["loss"], single["loss"])
+
+
+def test_pooled_class_loss_averages_each_instance_over_its_mask() -> None:
+    """``pooled``: an instance's logits are averaged over its (resized) mask, then cross-entropy with its class;
+    instances too small to cover a quarter cell at a level are left out there."""
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, :16, :16] = True  # class 2: cells (0..1, 0..1) at stride 8
+    masks[1, 30:, 30:] = True  # 4 px: 1/16 of a cell, left out
+    target = {"labels": torch.tensor([2, 0]), "masks": masks}
+    criterion = SetCriterion(num_classes=3, num_points=None, weights=LossWeights(semantic_loss="pooled"))
+    logits = torch.zeros(1, 4, 4, 4)
+    logits[0, 2, :2, :2] = 3.0  # class 2 inside the object
+    logits[0, 0, :2, :2] = torch.tensor([[1.0, 0.0], [0.0, -1.0]])  # averages to 0
+    pooled = torch.tensor([[0.0, 0.0, 3.0, 0.0]])
+    expected = torch.nn.functional.cross_entropy(pooled, torch.tensor([2]))
+    torch.testing.assert_close(criterion._semantic_loss([logits], [target]), expected)
+    both = SetCriterion(num_classes=3, num_points=None, weights=LossWeights(semantic_loss="both"))
+    dense = SetCriterion(num_classes=3, num_points=None, weights=LossWeights(semantic_loss="dense"))
+    torch.testing.assert_close(both._semantic_loss([logits], [target]),
+                               (expected + dense._semantic_loss([logits], [target])) / 2)

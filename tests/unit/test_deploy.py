@@ -92,6 +92,23 @@ def test_checkpoint_into_other_config_fails_clearly(tmp_path) -> None:
         load_model(path, expect=other)
 
 
+def test_checkpoint_of_the_stretched_patch_grid_is_refused(tmp_path) -> None:
+    """Version-1 files (ViT grid stretched over the image) would load without a shape error and predict
+    misplaced masks: they are refused, saying why."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model, config, spec = _tiny()
+    path = save_checkpoint(tmp_path / "m.safetensors", model=model, config=config, spec=spec)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    assert meta["version"] == "2"
+    del meta["version"]
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
+    with pytest.raises(InputError, match=r"old\.safetensors: checkpoint version 1.*stretched.*retrain"):
+        read_checkpoint(tmp_path / "old.safetensors")
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10])
 def test_corrupt_checkpoint(tmp_path, content: bytes) -> None:
     bad = tmp_path / "bad.safetensors"

@@ -43,13 +43,15 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def reference_taps(hf: Dinov2Model, pixels: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
-    """Dinov2Model's own block outputs (hidden_states[0] is the embedding), layernormed, CLS dropped."""
+    """Dinov2Model's own block outputs (hidden_states[0] is the embedding), layernormed, CLS dropped,
+    on the image zero-padded at the bottom/right to whole patches (what the encoder does)."""
     patch = hf.config.patch_size
     batch, _, height, width = pixels.shape
+    pixels = F.pad(pixels, (0, -width % patch, 0, -height % patch))
     with torch.no_grad():
         hidden = hf(pixels, output_hidden_states=True).hidden_states
         maps = [hf.layernorm(hidden[t])[:, 1:] for t in taps]
-    return [m.reshape(batch, height // patch, width // patch, -1).permute(0, 3, 1, 2) for m in maps]
+    return [m.reshape(batch, -(-height // patch), -(-width // patch), -1).permute(0, 3, 1, 2) for m in maps]
 
 
 def encode(encoder: DinoV2Encoder, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -93,10 +95,12 @@ def original_layout(hub: dict[str, torch.Tensor], depth: int, chunks: int = 1) -
 
 @pytest.mark.parametrize("size", [(64, 96), (96, 128)])
 @pytest.mark.parametrize("patch", [14, 8])
-def test_four_taps_on_the_floor_patch_grid(size: tuple[int, int], patch: int) -> None:
+def test_four_taps_on_the_padded_patch_grid(size: tuple[int, int], patch: int) -> None:
+    # The grid covers the whole image: ceil, not floor (64 x 96 at patch 14: 5 x 7 tokens, 70 x 98 px).
     encoder = DinoV2Encoder(config=TINY.model_copy(update={"patch_size": patch}))
     maps = encode(encoder, torch.randn(2, 3, *size))
-    grid = (size[0] // patch, size[1] // patch)
+    grid = (-(-size[0] // patch), -(-size[1] // patch))
+    assert grid[0] * patch >= size[0] and grid[1] * patch >= size[1]
     assert encoder.num_taps == 4 and encoder.grid_size(*size) == grid
     assert [tuple(m.shape) for m in maps] == [(2, 32, *grid)] * 4
 
@@ -183,7 +187,7 @@ def test_position_grid_is_interpolated(tmp_path: Path) -> None:
     loaded = encoder.backbone.embeddings.position_embeddings
     torch.testing.assert_close(loaded[:, 0], hf.embeddings.position_embeddings[:, 0])  # CLS kept as is
     maps = encode(encoder, torch.randn(1, 3, 64, 96))
-    assert maps[0].shape == (1, 32, 4, 6) and all(torch.isfinite(m).all() for m in maps)
+    assert maps[0].shape == (1, 32, 5, 7) and all(torch.isfinite(m).all() for m in maps)  # ceil(64/14), ceil(96/14)
 
 
 def test_resize_position_embeddings() -> None:

@@ -59,21 +59,49 @@ def run(path, images):
     return session.run(None, {"images": images})
 
 
-def test_int8_graph_runs_close_to_fp32(tiny, int8) -> None:
-    fp32, spec, selection, _ = tiny
-    images, _ = preprocess_batch([read_image(p) for p in selection.paths], spec.input_size)
-    (s32, _, m32), (s8, l8, m8) = run(fp32, images), run(int8[0], images)
+def _closeness(fp32, int8, images) -> tuple[float, float, float]:
+    """(max |score diff|, mean matched mask-logit error / mean |logit|, mean sign agreement)."""
+    (s32, _, m32), (s8, l8, m8) = run(fp32, images), run(int8, images)
     assert s8.shape == s32.shape and l8.dtype == np.int64 and m8.shape == m32.shape
     # Top-K order flips between near-equal scores, so each FP32 mask is compared with its closest
-    # INT8 mask of the same image. Measured on this random-weight model calibrated on its 6
-    # images: max |score diff| 0.015, matched mask-logit error 8% of mean |logit|, sign agreement 0.98.
+    # INT8 mask of the same image.
     errors, agreement = [], []
     for b, k in np.ndindex(m32.shape[:2]):
         j = np.abs(m8[b] - m32[b, k]).mean((1, 2)).argmin()
         errors.append(np.abs(m8[b, j] - m32[b, k]).mean() / np.abs(m32[b, k]).mean())
         agreement.append(((m8[b, j] > 0) == (m32[b, k] > 0)).mean())
-    assert np.abs(s8 - s32).max() < 0.05
-    assert np.mean(errors) < 0.2 and np.mean(agreement) > 0.93, (np.mean(errors), np.mean(agreement))
+    return float(np.abs(s8 - s32).max()), float(np.mean(errors)), float(np.mean(agreement))
+
+
+def test_int8_graph_runs_close_to_fp32(tiny, int8) -> None:
+    """The default student-tiny (with its conv path). Measured on this random-weight model calibrated on
+    its 6 sawtooth-and-noise images: max |score diff| 0.020, matched mask-logit error 25 % of mean
+    |logit|, sign agreement 0.93: the conv path turns pixel noise into high-frequency logits near 0.
+    On a trained student-tiny (19.4 val AP) the same quantizer loses 0.35 AP (README, Export)."""
+    fp32, spec, selection, _ = tiny
+    images, _ = preprocess_batch([read_image(p) for p in selection.paths], spec.input_size)
+    score, error, agreement = _closeness(fp32, int8[0], images)
+    assert score < 0.05 and error < 0.35 and agreement > 0.9, (score, error, agreement)
+
+
+def test_int8_of_the_dpt_path_alone_stays_tight(tmp_path, tiny) -> None:
+    """The DPT path alone (conv path off) quantizes tightly: error 4 % of mean |logit|, sign agreement
+    0.996 measured; a quantizer regression shows up here first."""
+    from sskd_deploy.export.onnx_export import export_onnx
+    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.models.deploy import DeployWrapper
+    from sskd_deploy.models.maskformer import build_model
+
+    _, spec, selection, _ = tiny
+    torch.manual_seed(0)
+    cfg = model_preset("student-tiny").with_classes(3).updated(input_size=(64, 96), pixel_decoder={"conv_path": False})
+    export_onnx(DeployWrapper(model=build_model(cfg).eval(), spec=spec).eval(), tmp_path / "fp32.onnx",
+                checkpoint_sha256="0" * 64)
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", selection=selection, spec=spec,
+                  cache_dir=tmp_path / "cache")
+    images, _ = preprocess_batch([read_image(p) for p in selection.paths], spec.input_size)
+    score, error, agreement = _closeness(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", images)
+    assert score < 0.05 and error < 0.1 and agreement > 0.97, (score, error, agreement)
 
 
 def test_int8_graph_is_symmetric_per_channel_and_keeps_contract(tiny, int8) -> None:

@@ -41,3 +41,41 @@ def test_bad_train_values_are_all_reported() -> None:
     text = str(err.value)
     for needle in ("student_9", "student-xl", "sampling", "steps"):
         assert needle in text
+
+
+def test_model_overrides_are_validated_against_the_preset() -> None:
+    train = TrainConfig.model_validate({"student_model": {"encoder": {"patch_size": 16},
+                                                          "pixel_decoder": {"conv_path": True}}})
+    assert train.model_overrides("student") == {"encoder": {"patch_size": 16}, "pixel_decoder": {"conv_path": True}}
+    assert train.model_overrides("teacher") == {}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"train": {"student_model": {"encoder": {"patch_size": 1, "widht": 3}},
+                                    "teacher_model": {"decoder": {"num_heads": 5}}}})
+    text = str(err.value)
+    for needle in ("student_model", "patch_size", "widht", "teacher_model", "num_heads"):
+        assert needle in text, needle
+
+
+def test_model_overrides_reach_the_model_config_and_its_checkpoint(tmp_path) -> None:
+    from sskd_deploy.data.synth import generate_synthetic
+    from sskd_deploy.data.sources import resolve_data
+    from sskd_deploy.models.checkpoint import read_checkpoint
+    from sskd_deploy.training.context import TrainContext
+
+    generate_synthetic(tmp_path / "data", num_train=4, num_val=2, labeled_fraction=0.5, image_size=(64, 96))
+    config = config_from_dict({
+        "run": {"out_dir": str(tmp_path / "run")}, "data": {"root": str(tmp_path / "data"),
+                                                            "synth": {"num_train": 4, "num_val": 2,
+                                                                      "labeled_fraction": 0.5,
+                                                                      "image_size": [64, 96]}},
+        "train": {"input_size": [64, 96], "student_model": {"decoder": {"num_layers": 2, "query_groups": 2}}},
+    })
+    ctx = TrainContext(config=config, data=resolve_data(config.data), root=tmp_path / "run" / "train",
+                       device="cpu")
+    student = ctx.model_config("student")
+    assert (student.decoder.num_layers, student.decoder.query_groups) == (2, 2)
+    from sskd_deploy.model_config import PRESETS
+
+    assert ctx.model_config("teacher").decoder == PRESETS["teacher-tiny"].decoder  # the teacher preset is untouched
+    saved = read_checkpoint(ctx.initial_weights("student")).model_config
+    assert saved == student

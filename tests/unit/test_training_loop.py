@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -300,3 +301,53 @@ def test_metrics_log_drops_lines_past_the_resume_point_and_torn_lines(tmp_path: 
     log = MetricsLog(path=path, keep_until=2)
     log.write({"step": 3, "loss": 1.0})
     assert [json.loads(line)["loss"] for line in path.read_text().splitlines()] == [2.0, 1.5, 1.0]
+
+
+def test_validation_every_n_steps_is_logged_and_never_changes_the_weights(tmp_path: Path) -> None:
+    """``eval_every``: evaluate on rank 0 at steps 5, 10, 15 (the last step belongs to the stage), in eval
+    mode, and an interrupted, resumed run with validation still reaches the uninterrupted weights."""
+    seen: list[tuple[int, bool]] = []
+
+    def evaluate(model: nn.Module) -> dict:
+        seen.append((len(seen), model.training))
+        with torch.no_grad():
+            value = float(model(torch.ones(1, 4)).sum())
+        torch.rand(3), np.random.rand(), random.random()  # draws that must not leak into training
+        return {"val_ap": value}
+
+    cfg = dataclasses.replace(CFG, eval_every=5)
+    torch.manual_seed(0)
+    model, scale = ToyModel(), nn.Linear(1, 1)
+    train_loop(out_dir=tmp_path / "a", model=model, step_fn=make_step(scale), dataset=ToySet(), collate=None,
+               cfg=cfg, param_groups=model.parameter_groups(), extra_modules={"scale": scale}, evaluate=evaluate)
+    assert [training for _, training in seen] == [False, False, False]
+    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if "val_ap" in r]
+    assert [r["step"] for r in evals] == [5, 10, 15] and all(r["eval_seconds"] >= 0 for r in evals)
+    reference, _, _ = run(tmp_path / "ref", CFG)  # no validation at all
+    assert_same_weights(model, reference)
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the step-10 validation, resumed
+        torch.manual_seed(0)
+        first, scale_b = ToyModel(), nn.Linear(1, 1)
+        train_loop(out_dir=tmp_path / "b", model=first, step_fn=make_step(scale_b, stop_at=12, action="keyboard"),
+                   dataset=ToySet(), collate=None, cfg=cfg, param_groups=first.parameter_groups(),
+                   extra_modules={"scale": scale_b}, evaluate=evaluate)
+    torch.manual_seed(0)
+    resumed, scale_c = ToyModel(), nn.Linear(1, 1)
+    train_loop(out_dir=tmp_path / "b", model=resumed, step_fn=make_step(scale_c), dataset=ToySet(), collate=None,
+               cfg=cfg, param_groups=resumed.parameter_groups(), extra_modules={"scale": scale_c}, evaluate=evaluate)
+    assert_same_weights(resumed, reference)
+    lines = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "val_ap" in r] == [5, 10, 15]
+    png = plot_curves(tmp_path / "b" / "metrics.jsonl", tmp_path / "curves.png")
+    assert png.stat().st_size > 0
+
+
+def test_no_decay_groups_keep_their_lr_and_skip_weight_decay() -> None:
+    model = ToyModel()
+    groups = {"encoder": [model.encoder[0].weight], "encoder.no_decay": [model.encoder[0].bias],
+              "decoder": list(model.head.parameters())}
+    optimizer = build_optimizer(groups, LoopConfig(steps=2, lr=1.0, backbone_lr_mult=0.1, weight_decay=0.3))
+    by_name = {g["name"]: (g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups}
+    assert by_name == {"encoder": (0.1, 0.3, 1), "encoder.no_decay": (0.1, 0.0, 1), "decoder": (1.0, 0.3, 1),
+                       "decoder.no_decay": (1.0, 0.0, 1)}
