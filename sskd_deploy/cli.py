@@ -315,8 +315,10 @@ def data_show(
     """Draw mask overlays with class names for a few images of a dataset."""
     from sskd_deploy.pipeline import show_dataset
 
-    written = show_dataset(path, out, split=split, num=num, columns=columns, seed=seed)
-    _console().print(f"wrote {written}")
+    console = _console()
+    written = show_dataset(path, out, split=split, num=num, columns=columns, seed=seed,
+                           log=lambda line: console.print(line, markup=False, soft_wrap=True))
+    console.print(f"wrote {written}")
 
 
 @data_app.command("check")
@@ -335,17 +337,23 @@ def data_check(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory (e.g. runs/default).")],
+    run_dir: Annotated[Optional[Path], typer.Argument(help="Run directory (default: the config's run.out_dir, "
+                                                           "e.g. runs/default).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write "
                                                                     "(default: RUN_DIR/report.html).")] = None,
     num_overlays: Annotated[int, typer.Option(min=0, help="Best and worst val images to draw, each "
                                                           "(0: none).")] = 4,
+    config: ConfigOption = None,
+    set_: SetOption = None,
 ) -> None:
     """One self-contained HTML page for a run: data, per-stage AP beside the paper, curves, best and worst
     val images, parity, latency and environment. Prints the path of the page."""
     from sskd_deploy.report import build_report
 
     console = _console(stderr=True)  # progress to stderr: stdout carries only the path, for scripts
+    if run_dir is None:
+        run_dir = Path(_load_config(config, set_).run.out_dir)
+        console.print(f"reporting on {run_dir} (the config's run.out_dir)", markup=False, soft_wrap=True)
     written = build_report(run_dir, out=out, num_overlays=num_overlays,
                            log=lambda line: console.print(line, markup=False))
     print(written)

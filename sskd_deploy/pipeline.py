@@ -9,6 +9,7 @@ writing into the run directory and recording itself in the run manifest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,12 +48,15 @@ def draw_ground_truth(dataset: Dataset, indices: list[int], out: Path, *, column
 
 
 def show_dataset(
-    path: Path, out: Path, *, split: str | None = None, num: int = 8, columns: int = 4, seed: int = 0
+    path: Path, out: Path, *, split: str | None = None, num: int = 8, columns: int = 4, seed: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """``data show``: the ground truth of ``num`` images of a split (a seeded sample; seed < 0: the first)."""
+    """``data show``: the ground truth of ``num`` images of a split (a seeded sample; seed < 0: the first).
+
+    ``log`` receives the line saying how ``path`` was read."""
     from sskd_deploy.data.layout import open_dataset_dir
 
-    dataset = _default_split(open_dataset_dir(Path(path)), split, Path(path))
+    dataset = _default_split(open_dataset_dir(Path(path), log), split, Path(path))
     count = min(num, len(dataset.records))
     if seed < 0:
         chosen = list(range(count))
@@ -65,6 +69,8 @@ def print_check_report(report: CheckReport, console: Console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    if report.reading:
+        console.print(f"{escape(str(report.path))} read as {escape(report.reading)}", soft_wrap=True)
     table = Table(title=f"dataset check: {report.path}")
     table.add_column("split")
     keys = sorted({k for s in report.splits.values() for k in s})
@@ -72,7 +78,8 @@ def print_check_report(report: CheckReport, console: Console) -> None:
         table.add_column(key, justify="right")
     for name, info in report.splits.items():
         table.add_row(name, *(str(info.get(k, "")) for k in keys))
-    console.print(table)
+    if report.splits:
+        console.print(table)
     for problem in report.problems:
         console.print(f"[red]problem:[/red] {escape(problem)}", soft_wrap=True)
     verdict = "[green]ok[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]"
@@ -348,10 +355,11 @@ def verify_command(artifact_dir: Path, config: Config, *, console: Console, spli
     """``verify``: the parity gate on a finished artifact directory, on the config's val (or labeled) split;
     with ``triton``, the served model against the same graph in-process."""
     from sskd_deploy.data.sources import resolve_data
-    from sskd_deploy.export.artifact import verify_artifact
+    from sskd_deploy.export.artifact import read_manifest, verify_artifact
 
     if split not in ("val", "labeled"):
         raise SSKDError(f"--split: expected val or labeled, got {split!r}")
+    read_manifest(Path(artifact_dir))  # a wrong directory is named before any data is read
     data = resolve_data(config.data, console=console)
     dataset = data.val if split == "val" else data.labeled
     if triton is not None:

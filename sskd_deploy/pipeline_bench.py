@@ -113,6 +113,10 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
                   triton: str | None = None, triton_model: str | None = None, concurrency: list[int] | None = None,
                   duration_s: float = 10.0) -> dict:
     """``bench``: see the module docstring. ``config.bench`` holds every setting; returns the result."""
+    if artifact_dir is not None:
+        from sskd_deploy.export.artifact import read_manifest
+
+        read_manifest(Path(artifact_dir))  # a wrong directory is named before any data is read or model built
     import torch
 
     from sskd_deploy.bench.environment import bench_environment

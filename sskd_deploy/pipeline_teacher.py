@@ -20,10 +20,10 @@ from sskd_deploy.io import atomic_write_json
 from sskd_deploy.teacher_config import GroundedSam2Config
 
 
-def _open_split(path: Path, split: str | None, *, prefer: str) -> Dataset:
+def _open_split(path: Path, split: str | None, *, prefer: str, console: Console) -> Dataset:
     from sskd_deploy.data.layout import open_dataset_dir, pick_split
 
-    splits = open_dataset_dir(Path(path))
+    splits = open_dataset_dir(Path(path), log=lambda line: console.print(line, markup=False, soft_wrap=True))
     if split is None and prefer in splits and len(splits) > 1:
         split = prefer
     return pick_split(splits, split, Path(path))
@@ -49,7 +49,7 @@ def zero_shot_command(
     from sskd_deploy.postprocess import instances_to_coco_results
     from sskd_deploy.training.grounded import evaluate_teacher
 
-    dataset = _open_split(data, split, prefer="val")
+    dataset = _open_split(data, split, prefer="val", console=console)
     if not any(r.labeled for r in dataset.records):
         raise DatasetError(dataset.source, "zero-shot evaluation needs a labeled split (this one has no labels)")
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def label_command(
     from sskd_deploy.training.grounded import labeling_config, teacher_identity
     from sskd_deploy.training.pseudo_labels import build_pseudo_labels
 
-    dataset = _open_split(data, split, prefer="train")
+    dataset = _open_split(data, split, prefer="train", console=console)
     names = tuple(classes) if classes else tuple(dataset.categories.names)
     if not names:
         raise SSKDError(f"{data}: the images have no classes of their own; name them with --classes a,b,c")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sskd_deploy.data.image_io import read_image
-from sskd_deploy.data.layout import SplitSource, discover, reconcile_categories
+from sskd_deploy.data.layout import SplitSource, describe_reading, discover, reconcile_categories
 from sskd_deploy.data.paths import ProblemList, Report
 from sskd_deploy.data.records import Dataset, ImageRecord
 from sskd_deploy.errors import DatasetError, InputError
@@ -27,19 +27,22 @@ class CheckReport:
 
     ``splits`` maps each split name to counts: ``images``, ``labeled``, ``instances``, ``crowd``,
     ``classes`` and ``problems`` (problems found while reading that split). ``problems`` holds
-    one line per problem, each starting with the file it concerns.
+    one line per problem, each starting with the file it concerns. ``reading`` says how the path
+    was read (``COCO: annotations.json, 18 images, 3 classes``); empty when discovery failed.
     """
 
     path: Path
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    reading: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "ok": self.ok, "splits": self.splits, "problems": list(self.problems)}
+        return {"path": str(self.path), "ok": self.ok, "reading": self.reading, "splits": self.splits,
+                "problems": list(self.problems)}
 
 
 def check_dataset(path: Path, *, progress: Progress | None = None) -> CheckReport:
@@ -64,6 +67,7 @@ def check_dataset(path: Path, *, progress: Progress | None = None) -> CheckRepor
         if dataset is not None:
             datasets[source.name] = dataset
     datasets = reconcile_categories(layout, datasets, report=problems)
+    report.reading = describe_reading(layout, datasets)
     _decode_all(datasets, problems, counts, progress)
     for source in layout.sources:
         dataset = datasets.get(source.name)

@@ -75,7 +75,9 @@ def parse_coco(
             found = "missing" if key not in data else f"a {type(data[key]).__name__}"
             report(file, f"top-level {key!r} must be a list, found {found}")
             return None
-    categories = _parse_categories(data.get("categories", []), file, report)
+    used = {a.get("category_id") for a in data.get("annotations", []) if isinstance(a, dict)}
+    used = {c for c in used if _is_int(c)}
+    categories = _parse_categories(data.get("categories", []), file, report, used)
     images, skipped = _parse_images(data["images"], file, root, report, check_images)
     grouped: dict[int, list[Annotation]] | None = None
     if labeled:
@@ -111,8 +113,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_categories(items: list, file: Path, report: Report) -> CategorySet:
-    """Contiguous classes in source-id order, keeping the source ids."""
+def _parse_categories(items: list, file: Path, report: Report, used: set) -> CategorySet:
+    """Contiguous classes in source-id order, keeping the source ids.
+
+    A top-level category (no supercategory, or ``"none"``) that only groups others (it is their
+    ``supercategory``) and that no annotation uses is not a class: Roboflow's COCO export lists the
+    dataset's own name that way, as id 0.
+    """
     names: dict[int, str] = {}
     for i, cat in enumerate(items):
         if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
@@ -121,7 +128,10 @@ def _parse_categories(items: list, file: Path, report: Report) -> CategorySet:
             report(file, f"category id {cat['id']} is listed twice")
         else:
             names[cat["id"]] = cat["name"]
-    ids = sorted(names)
+    cats = [c for c in items if isinstance(c, dict)]
+    groups = {c.get("supercategory") for c in cats if c.get("supercategory") not in (None, "none", c.get("name"))}
+    tops = {c.get("id") for c in cats if c.get("supercategory") in (None, "none")}
+    ids = sorted(i for i in names if not (names[i] in groups and i in tops and i not in used))
     return CategorySet(tuple(names[i] for i in ids), tuple(ids))
 
 

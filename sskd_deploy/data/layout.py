@@ -1,24 +1,39 @@
 """What a dataset directory holds, found without being told, and how to load it.
 
-Discovery (:func:`discover`) only looks at names on disk and the manifest; it returns the splits
-as :class:`SplitSource` descriptions. Loading them is separate so that ``data check`` can run the
-same readers in collecting mode. Recognised, in this order:
+Discovery (:func:`discover`) looks at names on disk, the manifest and, for a ``.json`` whose name
+says nothing, its top-level keys; it returns the splits as :class:`SplitSource` descriptions.
+Loading them is separate so that ``data check`` can run the same readers in collecting mode.
+Recognised, in this order:
 
 1. ``dataset.json``, our manifest (the synthetic generator writes one) naming each split;
 2. ``gtFine/``: a Cityscapes root, with whichever of ``train`` / ``val`` exist;
-3. ``annotations/*.json``: one COCO split per file (only ``instances_*.json`` when there are any,
-   because COCO's own folder also holds captions and keypoints files), images under ``images/``;
+3. COCO files under ``annotations/``, at the top, or one per split sub-folder (Roboflow's
+   ``train/_annotations.coco.json``): see :mod:`sskd_deploy.data.annotation_files`;
 4. a single COCO ``.json`` file;
-5. a folder of images, read as one unlabeled split named ``images``.
+5. a folder of images, read as one unlabeled split named ``images``, but only when it holds no
+   annotation file that could have been meant: YOLO ``labels/`` and COCO files deeper down are
+   refused with what to do instead.
+
+:func:`describe_reading` turns the result into the one line every command prints, so that the way
+a directory was read is never a surprise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sskd_deploy.data.annotation_files import (
+    MANIFEST_NAME,
+    YOLO_REFUSAL,
+    deep_annotation_files,
+    find_coco_files,
+    how_to_choose,
+    yolo_labels,
+)
 from sskd_deploy.data.cityscapes import parse_cityscapes
 from sskd_deploy.data.coco import load_json_object, parse_coco
 from sskd_deploy.data.folder import list_images, scan_image_folder
@@ -26,7 +41,7 @@ from sskd_deploy.data.paths import Report, raise_problem, unsafe_name_problem
 from sskd_deploy.data.records import CategorySet, Dataset
 from sskd_deploy.errors import DatasetError
 
-MANIFEST_NAME = "dataset.json"
+Log = Callable[[str], None]
 MANIFEST_FORMAT = "sskd-deploy/dataset"
 MANIFEST_VERSION = 1
 KINDS = ("coco", "cityscapes", "folder")
@@ -67,23 +82,35 @@ class Layout:
 
 
 def load_dataset(
-    kind: str, path: Path, *, images: Path | None = None, split: str | None = None, name: str | None = None
+    kind: str,
+    path: Path,
+    *,
+    images: Path | None = None,
+    split: str | None = None,
+    name: str | None = None,
+    log: Log | None = None,
 ) -> Dataset:
     """Load one dataset of a given kind (as a config names it); raise :class:`DatasetError` on problems.
 
     ``images`` is a COCO file's image root. For ``coco`` a directory is opened with
     :func:`open_dataset_dir` and ``split`` picks one of its splits; for ``cityscapes`` ``split``
-    defaults to ``train``.
+    defaults to ``train``. ``log`` receives the line saying how ``path`` was read.
     """
     path = Path(path)
     if kind == "coco" and path.is_dir():
-        dataset = pick_split(open_dataset_dir(path), split, path)
+        layout = discover(path)
+        if all(s.kind == "folder" for s in layout.sources) and layout.classes is None:
+            raise DatasetError(path, "kind coco, but this folder holds images and no COCO annotation file; "
+                                     "name the .json, or use kind: folder for unlabeled images")
+        dataset = pick_split(_open_layout(layout, log), split, path)
         return dataclasses.replace(dataset, name=name) if name else dataset
     if kind not in KINDS:
         raise DatasetError(path, f"unknown dataset kind {kind!r} (expected one of {', '.join(KINDS)})")
     source = SplitSource(name or "", kind, path, images, split)
     dataset = source.load()
     assert dataset is not None
+    if log is not None:
+        log(f"{path} read as {describe_reading(Layout(path, (source,)), {source.name: dataset})}")
     return dataset
 
 
@@ -97,15 +124,24 @@ def pick_split(splits: dict[str, Dataset], split: str | None, path: Path) -> Dat
     return splits[split]
 
 
-def open_dataset_dir(path: Path) -> dict[str, Dataset]:
-    """Every split of what ``path`` holds, by name; raise :class:`DatasetError` on the first problem."""
-    layout = discover(path)
+def open_dataset_dir(path: Path, log: Log | None = None) -> dict[str, Dataset]:
+    """Every split of what ``path`` holds, by name; raise :class:`DatasetError` on the first problem.
+
+    ``log`` receives one line saying how ``path`` was read (:func:`describe_reading`).
+    """
+    return _open_layout(discover(path), log)
+
+
+def _open_layout(layout: Layout, log: Log | None) -> dict[str, Dataset]:
     datasets = {}
     for source in layout.sources:
         dataset = source.load()
         assert dataset is not None
         datasets[source.name] = dataset
-    return reconcile_categories(layout, datasets)
+    datasets = reconcile_categories(layout, datasets)
+    if log is not None:
+        log(f"{layout.path} read as {describe_reading(layout, datasets)}")
+    return datasets
 
 
 def discover(path: Path) -> Layout:
@@ -127,16 +163,84 @@ def discover(path: Path) -> Layout:
         if not splits:
             raise DatasetError(path / "gtFine", "Cityscapes folder without a train or val split")
         return Layout(path, tuple(SplitSource(s, "cityscapes", path, split=s) for s in splits))
-    files = sorted(p for p in (path / "annotations").glob("*.json") if p.is_file())
-    files = [p for p in files if p.name.startswith("instances_")] or files
+    files = find_coco_files(path)
     if files:
-        images = path / "images" if (path / "images").is_dir() else path
-        return Layout(path, tuple(SplitSource(p.stem, "coco", p, images) for p in files))
+        return Layout(path, tuple(SplitSource(f.split, "coco", f.path, f.images) for f in files))
+    return _image_folder(path)
+
+
+def _image_folder(path: Path) -> Layout:
+    """``path`` as unlabeled images, once nothing in it could have been meant as its labels."""
+    labels = yolo_labels(path)
+    if labels is not None:
+        raise DatasetError(labels, YOLO_REFUSAL)
+    deeper = deep_annotation_files(path)
+    if deeper:
+        shown = ", ".join(p.relative_to(path).as_posix() for p in deeper)
+        raise DatasetError(path, f"holds annotation files below its sub-folders ({shown}), where discovery does "
+                                 f"not look; point at the folder holding them, or {how_to_choose(path)}")
     if list_images(path):
         return Layout(path, (SplitSource("images", "folder", path),))
     raise DatasetError(
-        path, f"no dataset found: expected {MANIFEST_NAME}, gtFine/, annotations/*.json or image files"
+        path, f"no dataset found: expected {MANIFEST_NAME}, gtFine/, COCO .json files (annotations/, at the top "
+              "or in split folders) or image files"
     )
+
+
+_KIND_NAMES = {"coco": "COCO", "cityscapes": "Cityscapes", "folder": "image folder"}
+
+
+def describe_reading(layout: Layout, datasets: dict[str, Dataset]) -> str:
+    """How ``layout`` was read, in one line: ``COCO: annotations.json, 18 images, 3 classes``.
+
+    ``datasets`` are the loaded splits by name; a split missing from it is shown as unreadable.
+    """
+    if layout.classes is not None:
+        label = f"sskd-deploy dataset ({MANIFEST_NAME})"
+    elif [s.kind for s in layout.sources] == ["folder"]:
+        count = _count(datasets.get(layout.sources[0].name))
+        return f"image folder (no annotation file found): {count}, unlabeled"
+    else:
+        label = " + ".join(_KIND_NAMES[k] for k in sorted({s.kind for s in layout.sources}))
+    classes = _describe_classes(layout, datasets)
+    parts = [(_where(layout, s), _count(datasets.get(s.name))) for s in layout.sources]
+    if len(parts) == 1:
+        return f"{label}: {parts[0][0]}, {parts[0][1]}, {classes}"
+    return f"{label}: {', '.join(f'{where} ({count})' for where, count in parts)}; {classes}"
+
+
+def _count(dataset: Dataset | None) -> str:
+    return "unreadable" if dataset is None else _plural(len(dataset.records), "image")
+
+
+def _where(layout: Layout, source: SplitSource) -> str:
+    """The split as the user would name it: its file relative to the dataset, or its Cityscapes split."""
+    if source.kind == "cityscapes":
+        return f"{source.split}"
+    where = _shown(layout.path, source.path)
+    if source.kind == "coco" and source.images is not None and source.images != source.path.parent:
+        where += f" with images in {_shown(layout.path, source.images)}/"
+    return where
+
+
+def _describe_classes(layout: Layout, datasets: dict[str, Dataset]) -> str:
+    if layout.classes is not None:
+        return _plural(len(layout.classes), "class")
+    counts = sorted({len(d.categories) for d in datasets.values() if len(d.categories)})
+    if not counts:
+        return "no classes"
+    return _plural(counts[0], "class") if len(counts) == 1 else f"{'/'.join(map(str, counts))} classes"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
+def _shown(root: Path, path: Path) -> str:
+    """``path`` relative to the dataset ``root`` (a folder, or a file whose folder counts) where it lies below."""
+    base = root.parent if root.is_file() else root
+    relative = os.path.relpath(path, base)
+    return str(path) if relative.startswith("..") else Path(relative).as_posix()
 
 
 def read_manifest(path: Path) -> dict:

@@ -134,10 +134,12 @@ class DataSources:
         return digest.hexdigest()
 
 
-def _load(spec: DatasetSpec, name: str) -> Dataset:
+def _load(spec: DatasetSpec, name: str, console: Console | None) -> Dataset:
     from sskd_deploy.data.layout import load_dataset
 
-    return load_dataset(spec.kind, Path(spec.path), images=spec.images, split=spec.split, name=name)
+    console = _console(console)
+    return load_dataset(spec.kind, Path(spec.path), images=spec.images, split=spec.split, name=name,
+                        log=lambda line: console.print(f"{name}: {line}", markup=False, soft_wrap=True))
 
 
 def resolve_data(data_cfg: DataConfig, console: Console | None = None) -> DataSources:
@@ -146,9 +148,9 @@ def resolve_data(data_cfg: DataConfig, console: Console | None = None) -> DataSo
         return _synthetic_sources(Path(data_cfg.root), synth_params(data_cfg), console)
     from sskd_deploy.data.splits import split_by_file, split_by_fraction
 
-    labeled, val = _load(data_cfg.labeled, "labeled"), _load(data_cfg.val, "val")
+    labeled, val = _load(data_cfg.labeled, "labeled", console), _load(data_cfg.val, "val", console)
     if data_cfg.unlabeled is not None:
-        unlabeled = _load(data_cfg.unlabeled, "unlabeled")
+        unlabeled = _load(data_cfg.unlabeled, "unlabeled", console)
     elif data_cfg.split is not None and data_cfg.split.split_file is not None:
         labeled, unlabeled = split_by_file(labeled, Path(data_cfg.split.split_file))
     elif data_cfg.split is not None and data_cfg.split.labeled_fraction is not None:
@@ -167,8 +169,9 @@ def resolve_data(data_cfg: DataConfig, console: Console | None = None) -> DataSo
 def _synthetic_sources(root: Path, params: dict[str, Any], console: Console | None) -> DataSources:
     from sskd_deploy.data.layout import open_dataset_dir
 
+    console = _console(console)
     manifest = ensure_synthetic(root, params, console)
-    splits = open_dataset_dir(root)
+    splits = open_dataset_dir(root, log=lambda line: console.print(line, markup=False, soft_wrap=True))
     roles = manifest["default_splits"]
     return DataSources(
         splits[roles["labeled"]], splits[roles["unlabeled"]], splits[roles["val"]],

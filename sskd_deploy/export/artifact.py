@@ -24,6 +24,7 @@ from sskd_deploy.io import atomic_directory, atomic_write_json, atomic_write_tex
 from sskd_deploy.provenance import environment, hash_file, library_versions
 
 ARTIFACT_FORMAT = "sskd-deploy/artifact"
+RUN_FORMAT = "sskd-deploy/run"  # the run manifest (pipeline.run_pipeline), named in refusals
 MANIFEST = "manifest.json"
 CHECKPOINT = "model.safetensors"
 Log = Callable[[str], None]
@@ -174,19 +175,48 @@ def export_artifact(req: ExportRequest, *, log: Log = print) -> dict[str, Any]:
 
 
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:
+    """The artifact manifest of ``artifact_dir``; an InputError naming the artifact meant when given its run."""
     import json
 
     path = Path(artifact_dir) / MANIFEST
     if not path.is_file():
         hint = " (an interrupted export leaves only a .partial directory)" if Path(artifact_dir).exists() else ""
-        raise InputError(path, f"no export manifest here{hint}; run sskd-deploy export first")
+        meant = _meant(artifact_dir) or f"{hint}; run sskd-deploy export first"
+        raise InputError(path, f"no export manifest here{meant}")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(path, f"unreadable manifest ({err})") from None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise InputError(path, f"not an sskd-deploy artifact manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        meant = _meant(artifact_dir)
+        if not meant and found == RUN_FORMAT:
+            meant = "; it is a run directory without an export artifact: run sskd-deploy export first"
+        raise InputError(path, f"not an sskd-deploy artifact manifest (format {found!r}){meant}")
     return manifest
+
+
+def is_artifact_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds an export artifact's manifest (checked by its format only)."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text()).get("format") == ARTIFACT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _meant(folder: Path) -> str:
+    """``"; ... whose export artifact is <run>/export: pass that instead"`` when ``folder`` has an artifact
+    below it (a run directory, usually), else ``""``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ""
+    below = sorted(p for p in folder.iterdir() if p.is_dir() and is_artifact_dir(p))
+    below.sort(key=lambda p: p.name != "export")  # the default place first
+    if not below:
+        return ""
+    return f"; it looks like a run directory, whose export artifact is {below[0]}: pass that instead"
 
 
 def verified_file(artifact_dir: Path, manifest: dict[str, Any], name: str) -> str:

@@ -59,6 +59,12 @@ def open_run(run_dir: Path) -> RunFiles:
     if not (run_dir / "manifest.json").is_file() and not (run_dir / "config.yaml").is_file():
         raise InputError(run_dir, "not a run directory: it has neither manifest.json nor config.yaml "
                                   "(run `sskd-deploy run`)")
+    from sskd_deploy.export.artifact import is_artifact_dir
+
+    if is_artifact_dir(run_dir):
+        parent = run_dir.absolute().parent
+        raise InputError(run_dir, f"is an export artifact, not a run directory; its run directory is probably "
+                                  f"{run_dir.parent if run_dir.parent != Path('.') else parent}: pass that instead")
     return RunFiles(run_dir)
 
 

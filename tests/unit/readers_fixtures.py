@@ -140,3 +140,50 @@ def write_cityscapes_fixture(root: Path, splits: tuple[str, ...] = ("train",)) -
             gt.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(ids).save(gt)
     return root
+
+
+def _moved(data: dict, prefix: str) -> dict:
+    """``data`` with every image file name below ``prefix/``."""
+    images = [{**img, "file_name": f"{prefix}/{img['file_name']}"} for img in data["images"]]
+    return {**data, "images": images}
+
+
+def write_top_level_coco_fixture(root: Path, name: str = "annotations.json") -> Path:
+    """One COCO file at the top, images in sub-folders named relative to it (``images/a.png``, ...)."""
+    write_coco_fixture(root)
+    (root / "annotations" / "train.json").unlink()
+    (root / "annotations").rmdir()
+    path = root / name
+    path.write_text(json.dumps(_moved(coco_fixture_json(), "images"), indent=1))
+    return path
+
+
+def write_roboflow_fixture(root: Path) -> Path:
+    """Roboflow's COCO export: ``train/``, ``valid/``, ``test/``, each with ``_annotations.coco.json``
+    beside its images (train: the three images of the reader fixture; valid and test: one each).
+
+    As Roboflow does, the categories start with the dataset's own name (id 0, supercategory "none"),
+    the supercategory of every real class."""
+    full = coco_fixture_json()
+    umbrella = {"id": 0, "name": "shapes", "supercategory": "none"}
+    full["categories"] = [umbrella, *({**c, "supercategory": "shapes"} for c in full["categories"])]
+    for split, keep in (("train", (5, 2, 9)), ("valid", (5,)), ("test", (9,))):
+        images = [img for img in full["images"] if img["id"] in keep]
+        anns = [a for a in full["annotations"] if a["image_id"] in keep]
+        for img in images:
+            size = (img["height"], img["width"])
+            save_image(root / split / img["file_name"], *size, seed=img["id"])
+        data = {**full, "images": images, "annotations": anns}
+        (root / split / "_annotations.coco.json").write_text(json.dumps(data, indent=1))
+    (root / "README.roboflow.txt").write_text("exported from a test\n")
+    return root
+
+
+def write_yolo_fixture(root: Path) -> Path:
+    """Images plus a YOLO-seg ``labels/`` folder (one polygon per line, normalised coordinates)."""
+    save_image(root / "images" / "train" / "a.png", A_H, A_W, seed=1)
+    label = root / "labels" / "train" / "a.txt"
+    label.parent.mkdir(parents=True, exist_ok=True)
+    label.write_text("0 0.1 0.1 0.5 0.1 0.5 0.4 0.1 0.4\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nnames:\n  0: car\n")
+    return root
