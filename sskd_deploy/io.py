@@ -82,3 +82,16 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(scratch, final)
+
+
+def recorded_path(path: str | Path, root: str | Path) -> str:
+    """How a manifest or report names ``path``: relative to ``root`` (POSIX separators) when the file
+    lies inside it, else absolute, so the record stays true wherever ``root`` is moved.
+
+    ``root`` is the directory the record describes (an artifact, say); a path handed in relative to
+    the working directory is made absolute first, never kept relative to something a reader cannot know.
+    """
+    target, base = os.path.abspath(path), os.path.abspath(root)
+    if os.path.commonpath([target, base]) != base:
+        return target
+    return Path(os.path.relpath(target, base)).as_posix()

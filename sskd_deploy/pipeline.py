@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sskd_deploy.errors import DatasetError, SSKDError
-from sskd_deploy.io import atomic_write_json, atomic_write_text
+from sskd_deploy.io import atomic_write_json, atomic_write_text, recorded_path
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -129,21 +129,23 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
                           "stages": {k: {"ap": v.get("ap"), "ap50": v.get("ap50")}
                                      for k, v in summary["stages"].items()}}
 
+    export_dir = Path(config.export.out_dir) if config.export.out_dir else out / "export"
     if "export" in config.run.steps:
         start = time.perf_counter()
         exported = export_command(config, console=console)
         parity = exported.get("parity", {})
-        steps["export"] = {"seconds": round(time.perf_counter() - start, 1), "artifact": "export/manifest.json",
+        # relative to the run directory when the artifact is inside it (the default), else absolute
+        steps["export"] = {"seconds": round(time.perf_counter() - start, 1),
+                           "artifact": recorded_path(export_dir / "manifest.json", out),
                            "parity_ok": parity.get("ok"),
                            "ap": {r["runner"]: r["ap"] for r in parity.get("rows", [])}}
         if parity and not parity["ok"]:
-            raise SSKDError(f"export parity gate failed: see {Path(config.run.out_dir) / 'export' / 'parity.md'}")
+            raise SSKDError(f"export parity gate failed: see {export_dir / 'parity.md'}")
 
     if "bench" in config.run.steps:
         from sskd_deploy.pipeline_bench import main_job_bench
 
         start = time.perf_counter()
-        export_dir = Path(config.export.out_dir) if config.export.out_dir else out / "export"
         artifact = export_dir if (export_dir / "manifest.json").is_file() else None
         benched = main_job_bench(config, artifact, console=console)
         steps["bench"] = {"seconds": round(time.perf_counter() - start, 1), "result": "bench/latency.json",

@@ -42,8 +42,9 @@ def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batche
                 continue
             samples = time_stages(runner, images[:batch], iters=settings.iters, warmup=settings.warmup,
                                   score_threshold=settings.score_threshold)
-            row = {"model": group.label, **runner.info.to_dict(), "runner": name, "batch": batch,
-                   "threads": settings.threads, "gflops_per_image": group.gflops_per_image,
+            info = runner.info.to_dict()
+            row = {"model": group.label, **info, "path": group.recorded_path(info["path"]), "runner": name,
+                   "batch": batch, "threads": settings.threads, "gflops_per_image": group.gflops_per_image,
                    "parameters": group.parameters, "io_bytes_per_image": group.io_bytes_per_image,
                    **stage_row(samples, batch)}
             rows.append(row)
@@ -158,7 +159,9 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
         console.print(f"[yellow]warning[/yellow]: {', '.join(over)} ran faster than the measured peak; the peaks "
                       "were measured under load. Re-run bench on an idle machine.", soft_wrap=True)
     out = out or run_dir / "bench" / "latency.json"
+    # rows of the artifact's runners name their files relative to it
     result = {"format": "sskd-deploy/bench", "version": 2, "settings": settings.model_dump(mode="json"),
+              "artifact": None if artifact_dir is None else str(Path(artifact_dir).absolute()),
               "environment": bench_environment(), "versions": library_versions(), "peaks": peaks, "rows": rows,
               "pairs": pairs, "skipped": skipped, "plots": write_plots(rows, pairs, peaks, out)}
     if triton is not None:

@@ -173,6 +173,9 @@ def verify_triton(artifact_dir: Path, url: str, model: str | None, dataset, conf
                                  same_graph=True)
     finally:
         runner.close()
+    from sskd_deploy.export.artifact import relocate_runner_paths
+
+    relocate_runner_paths(report["rows"], Path(artifact_dir))
     atomic_write_json(Path(artifact_dir) / f"{report_name}.json", report, indent=2)
     atomic_write_text(Path(artifact_dir) / f"{report_name}.md", parity_markdown(report))
     return report
@@ -202,6 +205,10 @@ def bench_triton(url: str, model: str | None, artifact_dir: Path | None, images_
             runners = {f"onnxruntime-{runner.precision} (in-process)": OrtRunner(graph.onnx, threads=threads),
                        **runners}
         rows = bench_runners(runners, one, iters=iters, warmup=warmup, log=console.print)
+        if artifact_dir is not None:  # the in-process graph by its name in the artifact, like bench's rows
+            from sskd_deploy.export.artifact import relocate_runner_paths
+
+            relocate_runner_paths(rows, Path(artifact_dir))
         section["round_trip"] = rows
         if len(rows) == 2:
             section["overhead_p50_ms"] = rows[1]["p50_ms"] - rows[0]["p50_ms"]

@@ -15,14 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sskd_deploy.io import atomic_write_text
+from sskd_deploy.io import atomic_write_text, recorded_path
 from sskd_deploy.runtime.base import Runner
 from sskd_deploy.spec import IOSpec
 
 
 @dataclass
 class ModelGroup:
-    """``runners`` by row name; ``skipped``: ``{"runner", "reason"}`` for forms that cannot run here."""
+    """``runners`` by row name; ``skipped``: ``{"runner", "reason"}`` for forms that cannot run here;
+    ``artifact``: the export artifact the runners' files belong to, if any (rows name them relative to it)."""
 
     label: str
     spec: IOSpec
@@ -30,6 +31,14 @@ class ModelGroup:
     gflops_per_image: float
     parameters: int
     skipped: list[dict[str, str]] = field(default_factory=list)
+    artifact: Path | None = None
+
+    def recorded_path(self, path: str) -> str:
+        """A runner's file as the benchmark records it: relative to the artifact inside it, else
+        absolute; ``""`` (no file) stays empty."""
+        if not path:
+            return path
+        return recorded_path(path, self.artifact) if self.artifact is not None else str(Path(path).absolute())
 
     @property
     def io_bytes_per_image(self) -> int:
@@ -95,7 +104,8 @@ def artifact_group(artifact_dir: Path, *, threads: int, compile: bool, gpu_dtype
     if reason and not any(name.startswith("tensorrt") for name in graphs):
         skipped += [{"runner": f"tensorrt-{p}", "reason": f"no engine in the artifact: {reason}"} for p in ("fp16", "int8")]
     return ModelGroup(label=f"{checkpoint.spec.model_name} (trained)", spec=checkpoint.spec,
-                      runners={**runners, **graphs}, gflops_per_image=gflops, parameters=params, skipped=skipped)
+                      runners={**runners, **graphs}, gflops_per_image=gflops, parameters=params, skipped=skipped,
+                      artifact=artifact_dir)
 
 
 def build_wrapper(name: str, *, num_classes: int, input_size: Sequence[int] | None):

@@ -6,6 +6,11 @@ so an interrupted or failed export never leaves a directory that looks finished.
 records what went in (checkpoint and calibration-image hashes), what came out (file hashes and
 precisions), the tool versions and the parity results; ``verify_artifact`` reruns the gate on a
 finished directory using only what the manifest lists.
+
+Paths in the manifest and the parity reports name the final files: a file of the artifact by its
+path relative to the artifact directory (``model_int8.onnx``, never the ``.partial`` directory it
+was written in), anything outside it (the source checkpoint, calibration images, the calibration
+cache) by its absolute path. Moving or renaming the directory therefore leaves every record true.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import InputError, SSKDError
 from sskd_deploy.export_config import ExportConfig
-from sskd_deploy.io import atomic_directory, atomic_write_json, atomic_write_text
+from sskd_deploy.io import atomic_directory, atomic_write_json, atomic_write_text, recorded_path
 from sskd_deploy.provenance import environment, hash_file, library_versions
 
 ARTIFACT_FORMAT = "sskd-deploy/artifact"
@@ -102,7 +107,32 @@ def _int8(req: ExportRequest, tmp: Path, spec, wrapper, log: Log) -> dict[str, A
         )
         if not record["mixed_precision"]["float_blocks"]:  # full INT8 already within budget: no second graph
             (tmp / "model_int8_mixed.onnx").unlink(missing_ok=True)
+            record["mixed_precision"]["final_path"] = str(tmp / "model_int8.onnx")  # the graph it equals
+    return _int8_paths(record, tmp)
+
+
+def _int8_paths(record: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """The INT8 record's paths as the finished artifact names them (see the module docstring)."""
+    record["calibration"]["root"] = recorded_path(record["calibration"]["root"], tmp)
+    quantizations = [record["quantization"]]
+    mixed = record.get("mixed_precision")
+    if mixed is not None:
+        mixed["final_path"] = recorded_path(mixed["final_path"], tmp)
+        quantizations.append(mixed["final"])
+    for quant in quantizations:
+        quant["cache_path"] = recorded_path(quant["cache_path"], tmp)
     return record
+
+
+def relocate_runner_paths(rows: list[dict[str, Any]], artifact_dir: Path) -> list[dict[str, Any]]:
+    """Rewrite the runner ``path`` of report rows (:class:`~sskd_deploy.runtime.base.RunnerInfo`) the
+    way the manifest names files: relative to ``artifact_dir`` inside it, else absolute. Empty paths
+    and URLs (a Triton server) are left as they are."""
+    for row in rows:
+        path = row.get("path")
+        if path and "://" not in path:
+            row["path"] = recorded_path(path, artifact_dir)
+    return rows
 
 
 def _tensorrt(req: ExportRequest, tmp: Path, spec, graphs: dict[str, str], log: Log) -> dict[str, Any]:
@@ -161,7 +191,7 @@ def export_artifact(req: ExportRequest, *, log: Log = print) -> dict[str, Any]:
                                         build=info)
         manifest.update({
             "format": ARTIFACT_FORMAT, "version": 1, "model": spec.model_name, "iospec": spec.to_dict(),
-            "iospec_sha256": spec.digest(), "checkpoint_source": str(req.checkpoint), "files": files,
+            "iospec_sha256": spec.digest(), "checkpoint_source": recorded_path(req.checkpoint, tmp), "files": files,
             "export_config": cfg.model_dump(mode="json"), "val_split": {"name": req.val.name,
                                                                         "images": len(req.val.records)},
             "versions": library_versions(), "environment": environment(),
@@ -275,6 +305,7 @@ def verify_artifact(artifact_dir: Path, val: Dataset, *, config: ExportConfig, l
     log(f"parity: {len(val.records)} images of {val.name!r} through {', '.join(['torch-fp32', *others])}")
     report = compare_runners(reference, others, val, budgets=config.budgets, batch_size=config.calibration.batch_size)
     report["skipped"] = skipped
+    relocate_runner_paths(report["rows"], artifact_dir)
     atomic_write_json(artifact_dir / f"{report_name}.json", report, indent=2)
     atomic_write_text(artifact_dir / f"{report_name}.md", parity_markdown(report))
     return report

@@ -173,6 +173,10 @@ def test_main_job_benches_and_reports(exported, capsys) -> None:
     assert {"bench", "report"} <= set(manifest["steps"]) and "train" not in manifest["steps"]
     result = json.loads((run / "bench" / "latency.json").read_text())
     assert {"torch-fp32", "onnxruntime-int8"} <= {r["runner"] for r in result["rows"]}
+    # the artifact's rows name their files relative to the artifact the result names
+    assert result["artifact"] == str(artifact.absolute())
+    trained = [r for r in result["rows"] if r["model"].endswith("(trained)")]
+    assert trained and all(not Path(r["path"]).is_absolute() and (artifact / r["path"]).is_file() for r in trained)
     if manifest["steps"]["bench"]["triton"].startswith("skipped"):  # no Triton environment on this machine
         assert not os.environ.get("SSKD_REQUIRE_TRITON"), manifest["steps"]["bench"]["triton"]
     else:  # served on loopback from a repository inside the run: parity through it, then load
