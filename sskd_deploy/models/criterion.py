@@ -130,7 +130,8 @@ class SetCriterion(nn.Module):
         if self.weights.semantic_loss in ("pooled", "both"):
             terms += [self._pooled_class_loss(logits, targets) for logits in levels]
         if self.weights.semantic_loss in ("dense", "both"):
-            terms += [self._dense_class_loss(logits, targets) for logits in levels]
+            dense = self._dense_labels(targets, levels[0].device)  # built once, sampled per level
+            terms += [self._dense_class_loss(logits, dense) for logits in levels]
         return torch.stack(terms).mean()
 
     def _pooled_class_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
@@ -148,13 +149,17 @@ class SetCriterion(nn.Module):
             return logits.sum() * 0.0
         return F.cross_entropy(torch.cat(pooled), torch.cat(labels))
 
-    def _dense_class_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+    def _dense_labels(self, targets: list[dict[str, Tensor]], device: torch.device) -> Tensor:
+        """``(B, H, W)`` class of the instance at each input pixel, background ``num_classes``."""
         height, width = targets[0]["masks"].shape[-2:]
-        dense = torch.full((len(targets), height, width), self.num_classes, dtype=torch.int64, device=logits.device)
+        dense = torch.full((len(targets), height, width), self.num_classes, dtype=torch.int64, device=device)
         for b, t in enumerate(targets):
-            for mask, label in zip(t["masks"].to(dense.device).bool(), t["labels"].to(dense.device)):
+            for mask, label in zip(t["masks"].to(device).bool(), t["labels"].to(device)):
                 dense[b][mask] = label
-        stride = height // logits.shape[-2]
+        return dense
+
+    def _dense_class_loss(self, logits: Tensor, dense: Tensor) -> Tensor:
+        stride = dense.shape[-2] // logits.shape[-2]
         cells = dense[:, stride // 2 :: stride, stride // 2 :: stride][:, : logits.shape[-2], : logits.shape[-1]]
         return F.cross_entropy(logits.float(), cells, weight=self.class_weight.to(logits.device))
 
