@@ -93,6 +93,49 @@ def train(
 
 
 @app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pretraining folder (resumed when it exists).")] = Path(
+        "runs/pretrain"),
+    part: Annotated[Optional[list[str]], typer.Option(
+        help="What to pretrain: teacher (teacher-tiny, whole model) and/or student (student-tiny; its encoder "
+             "is saved as a Dinov2Model directory). Repeat for both (default: both).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per part.")] = 3000,
+    batch_size: Annotated[int, typer.Option(help="Source images per step (each one new).")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then poly decay).")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the source world's images and of the training.")] = 0,
+    image_size: Annotated[str, typer.Option(help="Image size HxW (multiples of 32).")] = "192x256",
+    eval_every: Annotated[int, typer.Option(help="Source-val mask AP every N steps (0: at the end only).")] = 500,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    ship_to: Annotated[Optional[Path], typer.Option(
+        "--ship", help="Afterwards, write the FP16 shipped form here (e.g. sskd_deploy/weights).")] = None,
+) -> None:
+    """Pretrain the foundation stand-ins (teacher-tiny, student-tiny encoder) on the synthetic source
+    world: a wider named vocabulary in a different rendering style. Resumable; records provenance."""
+    from sskd_deploy.errors import ConfigError
+    from sskd_deploy.training.context import pick_device
+    from sskd_deploy.training.pretrain import PretrainSettings, pretrain as run_pretrain, ship
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        settings = PretrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                    image_size=_parse_size(image_size), eval_every=eval_every)
+        console = _console()
+        provenance = run_pretrain(out, settings, parts=tuple(part or ("teacher", "student")),
+                                  device=pick_device(device), console=console, log=console.print)
+        if ship_to is not None:
+            ship(out, ship_to)
+            console.print(f"shipped to {ship_to}")
+    except ValueError as err:
+        raise ConfigError(None, [str(err)]) from None
+    for name, record in provenance["parts"].items():
+        console.print(f"{name}: {record['steps']} steps, source val mask AP {record['val_ap']:.1f}")
+
+
+@app.command()
 def export(
     config: ConfigOption = None,
     set_: SetOption = None,

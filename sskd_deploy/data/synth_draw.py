@@ -114,8 +114,61 @@ def _cross(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
     return (lambda x, y: np.minimum(across(x, y), down(x, y))), float(np.hypot(r, half_t))
 
 
+def _regular(sides: int) -> Callable[[float, np.random.Generator], tuple[SDF, float]]:
+    def make(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+        angles = rng.uniform(0, 2 * np.pi) + np.arange(sides) * 2 * np.pi / sides
+        radii = r * rng.uniform(0.9, 1.0, sides)
+        verts = np.stack([radii * np.cos(angles), radii * np.sin(angles) * rng.uniform(0.85, 1.0)], 1)
+        return polygon_sd(verts), r
+
+    return make
+
+
+def _crescent(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+    outer, cut = ellipse_sd(r, r), ellipse_sd(r * rng.uniform(0.8, 0.95), r * rng.uniform(0.8, 0.95))
+    shift = r * rng.uniform(0.35, 0.55)
+    return (lambda x, y: np.maximum(outer(x, y), -cut(x - shift, y))), r
+
+
+def _heart(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+    t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    verts = np.stack([x * rng.uniform(0.85, 1.0), y + 2.5], 1) * (r / 17.0)
+    return polygon_sd(verts), r
+
+
+def _arrow(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+    shaft, head = r * rng.uniform(0.14, 0.24), r * rng.uniform(0.45, 0.65)
+    neck = r * rng.uniform(0.05, 0.35)
+    verts = [(-r, -shaft), (neck, -shaft), (neck, -head), (r, 0.0), (neck, head), (neck, shaft), (-r, shaft)]
+    return polygon_sd(np.array(verts)), r
+
+
+def _semicircle(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+    disc = ellipse_sd(r, r * rng.uniform(0.8, 1.0))
+    return (lambda x, y: np.maximum(disc(x, y + 0.25 * r), -(y + 0.25 * r))), r
+
+
+def _chevron(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+    depth, thick = r * rng.uniform(0.5, 0.8), r * rng.uniform(0.3, 0.5)
+    verts = [(-r, -depth / 2), (0.0, depth / 2), (r, -depth / 2), (r, -depth / 2 + thick), (0.0, depth / 2 + thick),
+             (-r, -depth / 2 + thick)]
+    return polygon_sd(np.array(verts) - [0.0, thick / 2]), r
+
+
+def _ell(r: float, rng: np.random.Generator) -> tuple[SDF, float]:
+    half_t = r * rng.uniform(0.2, 0.3)
+    upright = box_sd(half_t, r)
+    foot = box_sd(r * rng.uniform(0.45, 0.6), half_t)
+    return (lambda x, y: np.minimum(upright(x + 0.4 * r, y), foot(x, y - r + half_t))), float(np.hypot(r, r))
+
+
 _CLASS_SHAPES = {
     "disc": _disc, "box": _box, "triangle": _triangle, "star": _star, "ring": _ring, "cross": _cross,
+    # the source world's extra vocabulary
+    "hexagon": _regular(6), "pentagon": _regular(5), "crescent": _crescent, "heart": _heart, "arrow": _arrow,
+    "semicircle": _semicircle, "chevron": _chevron, "ell": _ell,
 }
 
 
@@ -182,9 +235,9 @@ def rasterise(
     return y0, x0, shape(c * dx + s * dy, c * dy - s * dx).astype(np.float32)
 
 
-def random_colour(rng: np.random.Generator) -> np.ndarray:
-    """RGB float32 ``(3,)`` in ``[0, 1]``, uniform in hue, any saturation, not pitch black."""
-    h, s, v = rng.random(), rng.uniform(0.0, 1.0), rng.uniform(0.12, 1.0)
+def random_colour(rng: np.random.Generator, saturation: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """RGB float32 ``(3,)`` in ``[0, 1]``, uniform in hue, saturation in ``saturation``, not pitch black."""
+    h, s, v = rng.random(), rng.uniform(*saturation), rng.uniform(0.12, 1.0)
     return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32)
 
 
@@ -230,14 +283,19 @@ def smooth_noise(height: int, width: int, cells: tuple[int, int], rng: np.random
     return top * (1 - fy) + bottom * fy
 
 
-def background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Textured, unevenly lit backdrop ``(height, width, 3)`` float32."""
-    c1 = random_colour(rng)
-    c2 = c1 + rng.uniform(0.1, 0.45) * (random_colour(rng) - c1)
-    kind = str(rng.choice(TEXTURES, p=[0.15, 0.2, 0.15, 0.2, 0.3]))
+def background(
+    height: int, width: int, rng: np.random.Generator, *,
+    textures: tuple[float, ...] = (0.15, 0.2, 0.15, 0.2, 0.3), lighting: tuple[float, float] = (0.1, 0.5),
+    saturation: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Textured, unevenly lit backdrop ``(height, width, 3)`` float32: texture kind drawn with the
+    probabilities ``textures`` (in TEXTURES order), uneven lighting of amplitude in ``lighting``."""
+    c1 = random_colour(rng, saturation)
+    c2 = c1 + rng.uniform(0.1, 0.45) * (random_colour(rng, saturation) - c1)
+    kind = str(rng.choice(TEXTURES, p=list(textures)))
     canvas = texture(kind, (0, 0, height, width), c1, c2, rng, scale=rng.uniform(1.0, 3.0))
     cells = (int(rng.integers(2, 6)), int(rng.integers(2, 8)))
-    canvas += (smooth_noise(height, width, cells, rng) - 0.5) * rng.uniform(0.1, 0.5)
+    canvas += (smooth_noise(height, width, cells, rng) - 0.5) * rng.uniform(*lighting)
     return canvas
 
 
@@ -249,14 +307,16 @@ def paint(canvas: np.ndarray, y0: int, x0: int, sd: np.ndarray, fill: np.ndarray
     region += (fill - region) * cover
 
 
-def camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Photometric variation of one shot: contrast, brightness, colour cast, gamma, occasional
-    slight blur, sensor noise; float ``(H, W, 3)`` -> uint8 ``(H, W, 3)``."""
+def camera(
+    image: np.ndarray, rng: np.random.Generator, *, blur_prob: float = 0.25, noise: tuple[float, float] = (0.003, 0.035)
+) -> np.ndarray:
+    """Photometric variation of one shot: contrast, brightness, colour cast, gamma, slight blur with
+    probability ``blur_prob``, sensor noise of sigma in ``noise``; float ``(H, W, 3)`` -> uint8 ``(H, W, 3)``."""
     mean = image.mean(axis=(0, 1), keepdims=True)
     image = (image - mean) * rng.uniform(0.7, 1.3) + mean
     image = image * rng.uniform(0.7, 1.25) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
     image = np.clip(image, 0.0, 1.0) ** np.float32(rng.uniform(0.7, 1.4))
-    if rng.random() < 0.25:
+    if rng.random() < blur_prob:
         image = ndimage.gaussian_filter(image, sigma=(rng.uniform(0.4, 1.0),) * 2 + (0.0,))
-    image = image + rng.normal(0.0, rng.uniform(0.003, 0.035), image.shape).astype(np.float32)
+    image = image + rng.normal(0.0, rng.uniform(*noise), image.shape).astype(np.float32)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)

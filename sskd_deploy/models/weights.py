@@ -318,3 +318,26 @@ def _rename_for(state: StateDict, target: StateDict) -> StateDict:
 def _listing(label: str, keys: list[str], first: int = 5) -> str:
     shown = ", ".join(keys[:first]) + (f", ... (+{len(keys) - first} more)" if len(keys) > first else "")
     return f"{len(keys)} {label} keys ({shown})"
+
+
+def save_encoder_as_dinov2(encoder: nn.Module, folder: Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write ``encoder``'s ViT as a Hugging Face ``Dinov2Model`` directory (``config.json`` +
+    ``model.safetensors``), the layout DINOv2-S is published in, so it loads back through
+    :func:`load_encoder_weights` like real DINOv2 weights. ``dtype`` (e.g. float16) sets the storage."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    source = encoder.backbone.config.to_dict()
+    keep = {k: source[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
+                                   "patch_size", "image_size", "layerscale_value", "drop_path_rate",
+                                   "layer_norm_eps", "hidden_act", "qkv_bias", "num_channels")}
+    model = Dinov2Model(Dinov2Config(**keep, use_mask_token=False)).eval()
+    state = {k: v for k, v in encoder.backbone.state_dict().items() if k in model.state_dict()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"encoder weights do not fill Dinov2Model: missing {result.missing_keys[:5]}")
+    if dtype is not None:
+        model = model.to(dtype)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -1,0 +1,299 @@
+"""Pretraining the foundation stand-ins on the source world (``sskd-deploy pretrain``).
+
+The paper starts from foundation models: a teacher that already segments the target classes by
+name (Grounded-SAM2) and a student encoder pretrained at scale (DINOv2-S). No real weights can be
+downloaded here, so the project pretrains its own on the synthetic **source** world (fourteen named
+shapes, six of them the target's names, a cleaner rendering style than the target's) and ships them:
+
+- ``teacher``: the teacher-tiny as a whole model with its named vocabulary (an sskd-deploy
+  checkpoint whose IOSpec lists the fourteen class names); stage 1 slices its class head to the
+  target's names (:mod:`sskd_deploy.models.vocabulary`), which is its zero-shot use.
+- ``student``: the student-tiny trained whole on the same stream; its encoder is saved as a Hugging
+  Face ``Dinov2Model`` directory (``encoder/config.json`` + ``encoder/model.safetensors``), the
+  format of DINOv2-S, so ``train.student_weights`` reads it unchanged.
+
+Training images are rendered on the fly from the source world's own seed streams (nothing is written
+but a small labeled val split for the AP curve). Each part runs in the shared training loop, so it
+resumes after an interruption and shows a progress bar with an ETA; a part whose ``complete.json``
+exists is skipped. ``provenance.json`` records the command, seed, commit, steps, source-world
+parameters, wall time and file hashes; :func:`ship` writes the FP16 copies the package carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from sskd_deploy.data.augment import WeakAugment
+from sskd_deploy.data.layout import open_dataset_dir
+from sskd_deploy.data.records import Dataset
+from sskd_deploy.data.synth import GENERATOR_NAME, GENERATOR_VERSION, generate_synthetic, render_image
+from sskd_deploy.data.synth_scene import SOURCE, SOURCE_CLASSES
+from sskd_deploy.io import atomic_directory, atomic_write_json, dumps_json
+from sskd_deploy.model_config import ModelConfig, model_preset
+from sskd_deploy.models.checkpoint import load_model, save_checkpoint
+from sskd_deploy.models.criterion import LossWeights, SetCriterion
+from sskd_deploy.models.deploy import DeployWrapper
+from sskd_deploy.models.inference import evaluate_wrapper
+from sskd_deploy.models.maskformer import build_model
+from sskd_deploy.models.matcher import HungarianMatcher
+from sskd_deploy.models.weights import save_encoder_as_dinov2
+from sskd_deploy.provenance import environment, library_versions
+from sskd_deploy.spec import IOSpec
+from sskd_deploy.training.context import COMPLETE, mark_complete, read_complete
+from sskd_deploy.training.data import Sample, _chw, collate_samples, instance_id_map
+from sskd_deploy.training.logging import plot_curves
+from sskd_deploy.training.loop import LoopConfig, train_loop
+from sskd_deploy.training.objective import ObjectiveWeights, make_step
+
+PARTS = ("teacher", "student")
+PART_PRESETS = {"teacher": "teacher-tiny", "student": "student-tiny"}
+ENCODER_DIR = "encoder"  # the student's Dinov2Model directory inside its part folder
+SHIPPED_TEACHER = "teacher-tiny.safetensors"
+SHIPPED_ENCODER = "student-tiny-encoder"
+_SALT = {"teacher": 1, "student": 2}  # each part sees its own augmentation and data order
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """One part's schedule. ``steps`` x ``batch_size`` fresh source images are drawn (no repeats)."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    image_size: tuple[int, int] = (192, 256)
+    num_val: int = 100
+    eval_every: int = 500
+    checkpoint_every: int = 100
+    warmup_steps: int = 100
+    num_points: int = 4096
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be >= {low}, got {getattr(self, name)!r}" for name, low in
+                    (("steps", 1), ("batch_size", 1), ("num_val", 1), ("eval_every", 0), ("checkpoint_every", 1),
+                     ("warmup_steps", 0), ("num_points", 1), ("seed", 0)) if getattr(self, name) < low]
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr!r}")
+        if len(self.image_size) != 2 or min(self.image_size) < 64 or any(s % 32 for s in self.image_size):
+            problems.append(f"image_size must be (height, width), multiples of 32 and >= 64, got {self.image_size!r}")
+        if problems:
+            raise ValueError("pretrain: " + "; ".join(problems))
+
+
+class SourceStream(TorchDataset):
+    """``length`` source-world images rendered on demand, under the weak augmentation.
+
+    Item ``i`` of epoch ``e`` is source image ``e * length + i`` (so a second epoch, if any, sees
+    new images) with its augmentation drawn from ``(seed, e, i)``: deterministic, as the loop's
+    resume needs. Samples have the keys of :class:`~sskd_deploy.training.data.SegmentationSamples`
+    without the strong view.
+    """
+
+    def __init__(self, *, seed: int, length: int, image_size: tuple[int, int], salt: int = 0) -> None:
+        self.seed, self.length, self.image_size, self.salt = seed, length, tuple(image_size), salt
+        self.weak = WeakAugment(output_size=self.image_size, scale_range=(0.75, 1.25), hflip_prob=0.5)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        number = self.epoch * self.length + index
+        image, instances = render_image(self.seed * 16 + self.salt, 0, number, self.image_size, "source")
+        rng = np.random.default_rng((self.seed, self.salt, self.epoch, index))
+        weak, masks, keep, valid = self.weak(image, instances.masks, rng)
+        masks, labels = masks[keep], instances.labels[keep]
+        return {"weak": _chw(weak), "labels": torch.from_numpy(labels.astype(np.int64)),
+                "masks": torch.from_numpy(masks), "instance_ids": torch.from_numpy(instance_id_map(masks, valid)),
+                "image_id": number}
+
+
+def part_config(part: str, image_size: tuple[int, int]) -> ModelConfig:
+    """The model a part trains: its tiny preset with the source vocabulary, at ``image_size``."""
+    return model_preset(PART_PRESETS[part]).with_classes(len(SOURCE_CLASSES)).updated(input_size=tuple(image_size))
+
+
+def source_world_parameters(settings: PretrainSettings) -> dict:
+    """What defines the images a part saw: generator, world style, vocabulary, seed, size, count."""
+    return {"generator": GENERATOR_NAME, "generator_version": GENERATOR_VERSION, "world": "source",
+            "style": {k: v for k, v in dataclasses.asdict(SOURCE).items() if k not in ("name", "classes")},
+            "classes": list(SOURCE_CLASSES), "seed": settings.seed, "image_size": list(settings.image_size),
+            "val_images": settings.num_val}
+
+
+def source_val(out: Path, settings: PretrainSettings) -> Dataset:
+    """The labeled source-world val split (written once under ``out/source_val``)."""
+    folder = out / "source_val"
+    if not (folder / "dataset.json").is_file():
+        generate_synthetic(folder, seed=settings.seed, num_train=1, num_val=settings.num_val, labeled_fraction=1.0,
+                           image_size=settings.image_size, world="source", overwrite=folder.exists())
+    return open_dataset_dir(folder)["val"]
+
+
+def evaluate_on(model: torch.nn.Module, config: ModelConfig, val: Dataset, device: torch.device) -> dict[str, float]:
+    """Mask AP (points) of ``model`` on the source val split, through the deploy wrapper."""
+    wrapper = DeployWrapper(model=model, spec=IOSpec.from_model_config(config, SOURCE_CLASSES))
+    result, _ = evaluate_wrapper(wrapper, val, batch_size=8, device=device)
+    return {"val_ap": round(100 * result.ap, 2), "val_ap50": round(100 * result.ap50, 2)}
+
+
+def pretrain_part(
+    part: str, out: Path, settings: PretrainSettings, *, device: torch.device, console: Any = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Train one part (resuming when interrupted) and write its outputs; returns its record."""
+    folder = out / part
+    if (done := read_complete(folder)) is not None:
+        log(f"{part}: complete, skipped (source val AP {done.get('val_ap')})")
+        return done
+    _check_settings(folder, settings)
+    code = source_state()  # of the code that trains, before anything else can change it
+    config = part_config(part, settings.image_size)
+    val = source_val(out, settings)
+    torch.manual_seed(settings.seed * 16 + _SALT[part])
+    model = build_model(config)
+    matcher = HungarianMatcher(num_points=settings.num_points, class_cost="ce")
+    criterion = SetCriterion(num_classes=len(SOURCE_CLASSES), matcher=matcher, num_points=settings.num_points,
+                             weights=LossWeights(semantic_weight=1.0, semantic_loss="pooled"))
+    step_fn = make_step(criterion=criterion, pxl=None, weights=ObjectiveWeights(lambda_semi=0.0, lambda_pxl=0.0),
+                        total_steps=settings.steps, generator_seed=settings.seed)
+    loop = LoopConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, backbone_lr_mult=1.0,
+                      warmup_steps=min(settings.warmup_steps, settings.steps - 1),
+                      checkpoint_every=settings.checkpoint_every, eval_every=settings.eval_every,
+                      seed=settings.seed * 16 + _SALT[part])
+    stream = SourceStream(seed=settings.seed, length=settings.steps * settings.batch_size,
+                          image_size=settings.image_size, salt=_SALT[part])
+    start = time.perf_counter()
+    result = train_loop(out_dir=folder, model=model, step_fn=step_fn, dataset=stream, collate=collate_samples,
+                        cfg=loop, param_groups=model.parameter_groups(decay_embeddings=False), console=console,
+                        device=device, evaluate=lambda net: evaluate_on(net, config, val, device))
+    seconds = time.perf_counter() - start
+    spec = IOSpec.from_model_config(config, SOURCE_CLASSES)
+    extra = {"pretrained_on": "source world", "part": part, "steps": result.steps}
+    save_checkpoint(folder / "model.safetensors", model=model, config=config, spec=spec, extra=extra)
+    if part == "student":
+        save_encoder_as_dinov2(model.encoder, folder / ENCODER_DIR)
+    scores = evaluate_on(model.eval(), config, val, device)
+    record = {"part": part, "preset": PART_PRESETS[part], "steps": result.steps, "batch_size": settings.batch_size,
+              "lr": settings.lr, "resumed_from": result.resumed_from, "final_losses": result.final_losses,
+              "train_seconds": round(result.seconds, 1), "wall_seconds_this_run": round(seconds, 1), "device": str(device),
+              "threads": torch.get_num_threads(), "settings": _settings_json(settings), "code": code,
+              "source_world": source_world_parameters(settings), **scores}
+    if (folder / "metrics.jsonl").is_file():
+        plot_curves(folder / "metrics.jsonl", folder / "curves.png")
+    mark_complete(folder, record)
+    log(f"{part}: source val mask AP {scores['val_ap']:.1f}, AP50 {scores['val_ap50']:.1f} ({seconds:.0f} s)")
+    return record
+
+
+def pretrain(
+    out: Path, settings: PretrainSettings, *, parts: tuple[str, ...] = PARTS, device: torch.device,
+    console: Any = None, log: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Pretrain ``parts`` into ``out`` and (re)write ``out/provenance.json``; returns the provenance."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"pretrain: unknown part(s) {unknown}; choose from {list(PARTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        pretrain_part(part, out, settings, device=device, console=console, log=log)
+    return write_provenance(out)
+
+
+def _settings_json(settings: PretrainSettings) -> dict:
+    return json.loads(dumps_json(dataclasses.asdict(settings)))
+
+
+def _check_settings(folder: Path, settings: PretrainSettings) -> None:
+    """Refuse to resume a part started with other settings (its saved state would not match)."""
+    path = folder / "settings.json"
+    wanted = _settings_json(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != wanted:
+            changed = [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in wanted if saved.get(k) != wanted.get(k)]
+            raise ValueError(f"{folder}: started with other settings ({'; '.join(changed)}); "
+                             "use another --out or the same settings")
+    else:
+        atomic_write_json(path, wanted, indent=2)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, text=True,
+                              capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def source_state() -> dict:
+    """``{"commit", "dirty"}`` of the git checkout this package runs from (None outside one)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit or None, "dirty": None if status is None else bool(status)}
+
+
+def file_hashes(root: Path, names: list[str]) -> dict[str, str]:
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in names if (root / name).is_file()}
+
+
+def write_provenance(out: Path) -> dict:
+    """``out/provenance.json``: commands, commit, machine, each completed part's record (settings,
+    source-world parameters, steps, wall time, AP on source val, file hashes)."""
+    parts = {}
+    for part in PARTS:
+        record = read_complete(out / part)
+        if record is None:
+            continue
+        files = ["model.safetensors"] + ([f"{ENCODER_DIR}/model.safetensors", f"{ENCODER_DIR}/config.json"]
+                                         if part == "student" else [])
+        parts[part] = {**record, "sha256": file_hashes(out / part, files)}
+    previous = json.loads((out / "provenance.json").read_text()) if (out / "provenance.json").is_file() else {}
+    commands = previous.get("commands", [])
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    if not commands or commands[-1] != command:
+        commands.append(command)
+    data = {"format": "sskd-deploy/pretrain", "version": 1, "commands": commands, "parts": parts,
+            "environment": environment(), "libraries": library_versions()}
+    atomic_write_json(out / "provenance.json", data, indent=2)
+    return data
+
+
+def ship(out: Path, dest: Path) -> dict:
+    """Write the shipped form of a completed pretraining into ``dest`` (replaced atomically).
+
+    FP16 copies of the teacher checkpoint (``teacher-tiny.safetensors``) and of the student encoder
+    directory (``student-tiny-encoder/``), the provenance, and ``SHA256SUMS`` over every file.
+    """
+    missing = [part for part in PARTS if read_complete(out / part) is None]
+    if missing:
+        raise ValueError(f"{out}: pretraining of {missing} is not complete; run `sskd-deploy pretrain` first")
+    provenance = json.loads((out / "provenance.json").read_text())
+    with atomic_directory(dest, overwrite=True) as tmp:
+        teacher, checkpoint = load_model(out / "teacher" / "model.safetensors")
+        save_checkpoint(tmp / SHIPPED_TEACHER, model=teacher.half(), config=checkpoint.model_config,
+                        spec=checkpoint.spec, extra={**checkpoint.extra, "storage": "float16"})
+        student, _ = load_model(out / "student" / "model.safetensors")
+        save_encoder_as_dinov2(student.encoder, tmp / SHIPPED_ENCODER, dtype=torch.float16)
+        atomic_write_json(tmp / "provenance.json", provenance, indent=2)
+        names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        sums = "".join(f"{hashlib.sha256((tmp / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+        (tmp / "SHA256SUMS").write_text(sums)
+    return provenance
