@@ -108,7 +108,7 @@ def pretrain(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     ship_to: Annotated[Optional[Path], typer.Option(
-        "--ship", help="Afterwards, write the FP16 shipped form here (e.g. sskd_deploy/weights).")] = None,
+        "--ship", help="Afterwards, write the FP16 shipped form here (the package's: sskd_deploy/weights/shipped).")] = None,
 ) -> None:
     """Pretrain the foundation stand-ins (teacher-tiny, student-tiny encoder) on the synthetic source
     world: a wider named vocabulary in a different rendering style. Resumable; records provenance."""

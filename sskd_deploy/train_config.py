@@ -8,12 +8,14 @@ synthetic world; the paper's schedules (90k iterations, batch 8) are a config ch
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from sskd_deploy.config_types import PathField, Section
 from sskd_deploy.teacher_config import GROUNDED_SAM2, GroundedSam2Config
+from sskd_deploy.weights import SHIPPED, has_shipped, shipped_path
 
 STAGES = ("teacher_1a", "teacher_1b", "student_2", "student_3", "supervised")
 
@@ -76,8 +78,11 @@ class TrainConfig(Section):
     student: str = "student-tiny"
     teacher: str = "teacher-tiny"
     input_size: Optional[tuple[int, int]] = (192, 256)  # overrides the presets' size; None keeps it
-    student_weights: Optional[PathField] = None  # pretrained encoder weights (HF dir or DINOv2 .pth)
-    teacher_weights: Optional[PathField] = None
+    # Pretrained starts: "shipped" (the package's stand-ins pretrained on the source world, tiny presets
+    # only), a path (student: encoder weights, a Hugging Face DINOv2 dir or .pth; teacher: those, or a
+    # whole sskd-deploy checkpoint whose class head is sliced to the data's class names), or None (random).
+    student_weights: Optional[PathField] = Path(SHIPPED)
+    teacher_weights: Optional[PathField] = Path(SHIPPED)
     # Preset fields overridden by the run, e.g. {encoder: {patch_size: 16}, pixel_decoder: {conv_path: true}};
     # validated against the preset here and stored in every checkpoint (ablations are configs, not edits).
     student_model: Optional[dict[str, Any]] = None
@@ -138,6 +143,31 @@ class TrainConfig(Section):
         if value not in PRESETS and value != GROUNDED_SAM2:
             raise ValueError(f"unknown teacher {value!r}; known: {', '.join([*PRESETS, GROUNDED_SAM2])}")
         return value
+
+    @model_validator(mode="after")
+    def _shipped_weights(self) -> TrainConfig:
+        problems = []
+        for role, preset in (("student", self.student), ("teacher", self.teacher)):
+            if self._is_shipped(role) and preset != GROUNDED_SAM2 and not has_shipped(role, preset):
+                problems.append(f"{role}_weights: shipped: no shipped weights for {preset!r} (only the tiny "
+                                f"presets have them); set train.{role}_weights to a weights path, or null for "
+                                "random initialisation")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _is_shipped(self, role: str) -> bool:
+        value = self.student_weights if role == "student" else self.teacher_weights
+        return value is not None and str(value) == SHIPPED
+
+    def weights_path(self, role: str) -> Optional[Path]:
+        """The ``role``'s starting weights as a path ("shipped" resolved to the package's file), or None."""
+        value = self.student_weights if role == "student" else self.teacher_weights
+        if value is None:
+            return None
+        if self._is_shipped(role):
+            return shipped_path(role, self.student if role == "student" else self.teacher)
+        return Path(value)
 
     @model_validator(mode="after")
     def _model_overrides(self) -> TrainConfig:

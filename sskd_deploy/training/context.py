@@ -4,7 +4,7 @@ and the small helpers that build models, samples and loss modules the same way f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,14 @@ import torch
 from sskd_deploy.config import Config
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.data.sources import DataSources
-from sskd_deploy.errors import SSKDError
+from sskd_deploy.errors import InputError, SSKDError
 from sskd_deploy.io import atomic_write_json
 from sskd_deploy.model_config import ModelConfig, model_preset
-from sskd_deploy.models.checkpoint import load_model, save_checkpoint
+from sskd_deploy.models.checkpoint import config_differences, load_model, read_checkpoint, save_checkpoint
 from sskd_deploy.models.criterion import LossWeights, SetCriterion
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.models.matcher import HungarianMatcher
+from sskd_deploy.models.vocabulary import is_model_checkpoint, restrict_to_names
 from sskd_deploy.spec import IOSpec
 from sskd_deploy.training.data import PairedSet, SegmentationSamples
 
@@ -41,6 +42,7 @@ class TrainContext:
     console: Any = None
     rank: int = 0
     world_size: int = 1
+    _whole: dict = field(default_factory=dict, repr=False)  # role -> whole-model checkpoint path or None
 
     @property
     def train(self):
@@ -62,7 +64,7 @@ class TrainContext:
         """The student or teacher preset with the run's overrides (``train.<role>_model``), sized for the
         data's classes and the run's input size."""
         name = self.train.student if role == "student" else self.train.teacher
-        weights = self.train.student_weights if role == "student" else self.train.teacher_weights
+        weights = None if self.whole_model(role) is not None else self.train.weights_path(role)
         config = model_preset(name).updated(**self.train.model_overrides(role)).with_classes(len(self.class_names))
         changes: dict[str, Any] = {"encoder": {"weights": None if weights is None else str(weights)}}
         if self.train.input_size is not None:
@@ -75,15 +77,44 @@ class TrainContext:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
+    def whole_model(self, role: str) -> Path | None:
+        """The role's starting weights when they are a whole sskd-deploy model (e.g. the shipped teacher),
+        else None (encoder weights or random initialisation)."""
+        if role not in self._whole:
+            path = self.train.weights_path(role)
+            self._whole[role] = path if path is not None and is_model_checkpoint(path) else None
+        return self._whole[role]
+
     def initial_weights(self, role: str) -> Path:
-        """theta_0 of a role, written once (seeded) so stage 1b can re-initialise to exactly it."""
+        """theta_0 of a role, written once (seeded) so stage 1b can re-initialise to exactly it.
+
+        From a whole pretrained model, theta_0 is that model with its class heads sliced to the data's
+        class names (zero-shot by name); otherwise a fresh model, with pretrained encoder weights if given.
+        """
         path = self.root / "init" / f"{role}.safetensors"
         if not path.is_file():
             config = self.model_config(role)
             torch.manual_seed(self.config.run.seed + (0 if role == "student" else 1))
+            model = build_model(config)
+            source = self.whole_model(role)
+            extra = {}
+            if source is not None:
+                model.load_state_dict(self._named_start(role, source, config))
+                extra = {"initialised_from": str(source)}
             if self.is_main:
-                save_checkpoint(path, model=build_model(config), config=config, spec=self.spec(config))
+                save_checkpoint(path, model=model, config=config, spec=self.spec(config), extra=extra)
         return path
+
+    def _named_start(self, role: str, source: Path, config: ModelConfig) -> dict:
+        """The whole model at ``source`` restricted to the data's class names, checked against ``config``."""
+        checkpoint = read_checkpoint(source)
+        sliced, state = restrict_to_names(checkpoint, self.class_names, source)
+        # the input size does not change the weights (position embeddings are interpolated per input)
+        differences = config_differences(sliced.updated(input_size=config.input_size), config)
+        if differences:
+            raise InputError(source, f"this pretrained {role} does not match train.{role} and train.{role}_model: "
+                             + "; ".join(differences[:5]))
+        return state
 
     def load(self, checkpoint: Path, role: str) -> torch.nn.Module:
         model, _ = load_model(checkpoint, expect=self.model_config(role))

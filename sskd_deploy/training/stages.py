@@ -7,6 +7,7 @@ the deploy wrapper on the val split, draws its curves, and marks the stage compl
 
 from __future__ import annotations
 
+import json
 import time
 
 from torch import nn
@@ -28,9 +29,10 @@ from sskd_deploy.training.pseudo import pseudo_label
 
 def fit(
     ctx: TrainContext, stage: str, model: nn.Module, dataset, schedule: StageSchedule, *,
-    role: str, semi: bool, pxl: bool,
+    role: str, semi: bool, pxl: bool, extra_record: dict | None = None,
 ) -> dict:
-    """Train ``model`` on ``dataset`` with the chosen terms, then save, evaluate and mark complete."""
+    """Train ``model`` on ``dataset`` with the chosen terms, then save, evaluate and mark complete
+    (``extra_record`` joins the completion record)."""
     out, t = ctx.stage_dir(stage), ctx.train
     start = time.perf_counter()
     weights = ObjectiveWeights(
@@ -55,7 +57,7 @@ def fit(
         param_groups=groups, extra_modules=extra, console=ctx.console if ctx.is_main else None, device=ctx.device,
         evaluate=lambda net: validation_metrics(ctx, net, role)[0],
     )
-    return _finish(ctx, stage, unwrap(model), role, result, time.perf_counter() - start)
+    return _finish(ctx, stage, unwrap(model), role, result, time.perf_counter() - start, extra_record or {})
 
 
 def validation_metrics(ctx: TrainContext, model: nn.Module, role: str):
@@ -83,11 +85,12 @@ def _loop_config(ctx: TrainContext, schedule: StageSchedule, role: str) -> LoopC
     )
 
 
-def _finish(ctx: TrainContext, stage: str, model: nn.Module, role: str, result, seconds: float) -> dict:
+def _finish(ctx: TrainContext, stage: str, model: nn.Module, role: str, result, seconds: float,
+            extra_record: dict) -> dict:
     out = ctx.stage_dir(stage)
     config = ctx.model_config(role)
     record = {"stage": stage, "role": role, "checkpoint": "model.safetensors", "steps": result.steps,
-              "train_seconds": round(seconds, 1), "final_losses": result.final_losses}
+              "train_seconds": round(seconds, 1), "final_losses": result.final_losses, **extra_record}
     if ctx.is_main:
         save_checkpoint(out / "model.safetensors", model=model, config=config, spec=ctx.spec(config),
                         extra={"stage": stage, "steps": result.steps})
@@ -123,8 +126,25 @@ def teacher_1a(ctx: TrainContext) -> dict:
     if is_grounded(ctx):
         return grounded_teacher_1a(ctx)
     model = ctx.load(ctx.initial_weights("teacher"), "teacher")
+    extra = zero_shot_record(ctx, model) if ctx.whole_model("teacher") is not None else {}
     return fit(ctx, "teacher_1a", model, ctx.samples(ctx.data.labeled, 11, strong=_pxl_on(ctx)), ctx.train.teacher_1a,
-               role="teacher", semi=False, pxl=True)
+               role="teacher", semi=False, pxl=True, extra_record=extra)
+
+
+def zero_shot_record(ctx: TrainContext, model: nn.Module) -> dict:
+    """theta_T0, the pretrained teacher sliced to the data's class names, on val before any adaptation:
+    the paper's zero-shot row (kept across resumes in ``teacher_1a/zero_shot_eval.json``)."""
+    path = ctx.stage_dir("teacher_1a") / "zero_shot_eval.json"
+    if ctx.is_main and not path.is_file():
+        _, metrics = validation_metrics(ctx, model.eval(), "teacher")
+        model.train()
+        atomic_write_json(path, {**metrics.to_dict(), "weights": str(ctx.whole_model("teacher")),
+                                 "classes": list(ctx.class_names)}, indent=2)
+        ctx.log(f"teacher zero-shot by name on val: mask AP {100 * metrics.ap:.1f}, AP50 {100 * metrics.ap50:.1f}")
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {"zero_shot_ap": data.get("ap"), "zero_shot_ap50": data.get("ap50")}
 
 
 def teacher_1b(ctx: TrainContext) -> dict:

@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
 CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
-        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "bench_config", "model_config", "teacher_config", "data"}
+        "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "bench_config", "model_config", "teacher_config", "data", "weights"}
 LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}
 
 # layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed

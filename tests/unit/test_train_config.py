@@ -17,10 +17,12 @@ def test_method_defaults() -> None:
 
 
 def test_encoder_lr_multiplier_follows_pretrained_weights(tmp_path) -> None:
-    assert TrainConfig().backbone_lr_mult_for("student") == 1.0  # random init: nothing to preserve
-    pretrained = TrainConfig(student_weights=tmp_path / "dinov2")
+    random = TrainConfig(student_weights=None, teacher_weights=None)
+    assert random.backbone_lr_mult_for("student") == 1.0  # random init: nothing to preserve
+    pretrained = TrainConfig(student_weights=tmp_path / "dinov2", teacher_weights=None)
     assert pretrained.backbone_lr_mult_for("student") == 0.1
     assert pretrained.backbone_lr_mult_for("teacher") == 1.0
+    assert TrainConfig().backbone_lr_mult_for("teacher") == 0.1  # the shipped teacher is pretrained
     explicit = TrainConfig.model_validate({"optim": {"backbone_lr_mult": 0.5}})
     assert explicit.backbone_lr_mult_for("student") == explicit.backbone_lr_mult_for("teacher") == 0.5
 

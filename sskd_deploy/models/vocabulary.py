@@ -1,0 +1,65 @@
+"""Zero-shot by name: a model pretrained on a named vocabulary, restricted to a target's class names.
+
+Grounded-SAM2 segments whatever its text prompt names. The project's stand-in teacher has a closed
+vocabulary instead (the names in its checkpoint's IOSpec), and the prompt becomes a slice: the rows
+of its class heads (the transformer decoder's class embedding and, when present, the semantic head)
+for the target's names in the target's order, then the no-object row. The sliced model's softmax is
+the vocabulary model's, renormalised over the target's names, so it predicts the target's classes
+with no training at all; stage 1 then adapts it. A name outside the vocabulary is refused with the
+vocabulary listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from sskd_deploy.errors import InputError
+from sskd_deploy.model_config import ModelConfig
+from sskd_deploy.models.checkpoint import Checkpoint, read_checkpoint
+
+# Parameters with one row per class plus the no-object row (the last).
+CLASS_ROW_PREFIXES = ("transformer_decoder.class_embed.", "semantic_head.")
+
+
+def vocabulary_rows(vocabulary: tuple[str, ...], names: tuple[str, ...], source: Path) -> list[int]:
+    """Index in ``vocabulary`` of each of ``names``, in ``names``' order; :class:`InputError` naming
+    ``source`` when a name is missing (the vocabulary is listed) or repeated."""
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise InputError(source, f"class names {repeated} appear more than once in the target's classes")
+    missing = [n for n in names if n not in vocabulary]
+    if missing:
+        raise InputError(
+            source, f"the target's class name(s) {missing} are not in this teacher's vocabulary "
+            f"{list(vocabulary)}: a closed-vocabulary teacher predicts only names it was pretrained on. Rename "
+            "the classes, pretrain on your names, or set train.teacher_weights: null (random initialisation)")
+    return [vocabulary.index(n) for n in names]
+
+
+def restrict_to_names(checkpoint: Checkpoint, names: tuple[str, ...], source: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The model config and state dict of ``checkpoint`` with its class heads sliced to ``names``."""
+    vocabulary = tuple(checkpoint.spec.class_names)
+    rows = vocabulary_rows(vocabulary, tuple(names), source) + [len(vocabulary)]  # + no-object
+    state = {}
+    for key, value in checkpoint.state_dict.items():
+        if key.startswith(CLASS_ROW_PREFIXES):
+            if value.shape[0] != len(vocabulary) + 1:
+                raise InputError(source, f"{key} has {value.shape[0]} rows, expected {len(vocabulary) + 1} "
+                                 "(one per vocabulary name + no-object)")
+            value = value[rows].clone()
+        state[key] = value
+    return checkpoint.model_config.with_classes(len(names)), state
+
+
+def is_model_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a whole-model sskd-deploy checkpoint (not a bare encoder's weights)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix not in (".safetensors", ".pt", ".pth"):
+        return False
+    try:
+        read_checkpoint(path)
+    except InputError:
+        return False
+    return True

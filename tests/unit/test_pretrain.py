@@ -1,0 +1,164 @@
+"""The foundation stand-ins: the source world, ``sskd-deploy pretrain`` (resumable, provenance,
+shipped form), zero-shot use by class name, and the weights the package ships."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sskd_deploy.data.synth import SOURCE_CLASSES, SYNTH_CLASSES, generate_synthetic, render_image
+from sskd_deploy.errors import InputError
+from sskd_deploy.model_config import model_preset
+from sskd_deploy.models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from sskd_deploy.models.maskformer import build_model
+from sskd_deploy.models.vocabulary import is_model_checkpoint, restrict_to_names
+from sskd_deploy.spec import IOSpec
+from sskd_deploy.train_config import TrainConfig
+from sskd_deploy.training.pretrain import PretrainSettings, SourceStream, pretrain, ship
+from sskd_deploy.weights import CHECKSUMS, FOLDER, FILES, shipped_path
+
+
+def _busyness(world: str, count: int = 12) -> float:
+    """Mean absolute difference between neighbouring pixels: texture, clutter and sensor noise."""
+    total = 0.0
+    for i in range(count):
+        image = render_image(3, 0, i, (96, 128), world)[0].astype(np.float32)
+        total += float(np.abs(np.diff(image, axis=1)).mean() + np.abs(np.diff(image, axis=0)).mean())
+    return total / count
+
+
+def test_source_world_has_its_own_vocabulary_style_and_streams() -> None:
+    assert len(SOURCE_CLASSES) >= 12 and set(SYNTH_CLASSES) <= set(SOURCE_CLASSES)
+    assert len(set(SOURCE_CLASSES)) == len(SOURCE_CLASSES)
+    assert list(SOURCE_CLASSES[: len(SYNTH_CLASSES)]) != list(SYNTH_CLASSES)  # names must be mapped, not indices
+    a, inst = render_image(3, 0, 5, (96, 128), "source")
+    b, _ = render_image(3, 0, 5, (96, 128), "source")
+    target, _ = render_image(3, 0, 5, (96, 128), "target")
+    assert np.array_equal(a, b) and not np.array_equal(a, target)
+    assert inst.labels.max(initial=0) < len(SOURCE_CLASSES)
+    labels = np.concatenate([render_image(3, 0, i, (96, 128), "source")[1].labels for i in range(40)])
+    assert len(set(labels.tolist())) >= 10  # the extra names are really drawn
+    assert _busyness("source") < 0.7 * _busyness("target")  # the cleaner studio style
+    with pytest.raises(ValueError, match="unknown synthetic world"):
+        render_image(3, 0, 0, (96, 128), "moon")
+
+
+def test_source_dataset_on_disk_names_its_world(tmp_path: Path) -> None:
+    manifest = generate_synthetic(tmp_path / "src", seed=1, num_train=2, num_val=2, image_size=(64, 96),
+                                  world="source")
+    assert manifest["classes"] == list(SOURCE_CLASSES) and manifest["generator"]["world"] == "source"
+    val = json.loads((tmp_path / "src" / "annotations" / "val.json").read_text())
+    assert [c["name"] for c in val["categories"]] == list(SOURCE_CLASSES)
+    target = generate_synthetic(tmp_path / "tgt", seed=1, num_train=2, num_val=2, image_size=(64, 96))
+    assert "world" not in target["generator"] and target["classes"] == list(SYNTH_CLASSES)
+
+
+def test_source_stream_is_deterministic_and_new_each_epoch() -> None:
+    stream = SourceStream(seed=0, length=4, image_size=(64, 96), salt=1)
+    first = stream[2]
+    assert torch.equal(first["weak"], stream[2]["weak"]) and first["weak"].shape == (3, 64, 96)
+    assert first["masks"].shape[0] == first["labels"].shape[0]
+    stream.set_epoch(1)
+    assert not torch.equal(first["weak"], stream[2]["weak"]) and stream[2]["image_id"] == 6
+
+
+def _vocabulary_teacher(tmp_path: Path) -> Path:
+    config = model_preset("teacher-tiny").with_classes(len(SOURCE_CLASSES)).updated(input_size=(64, 96))
+    torch.manual_seed(0)
+    model = build_model(config)
+    path = tmp_path / "vocab.safetensors"
+    save_checkpoint(path, model=model, config=config, spec=IOSpec.from_model_config(config, SOURCE_CLASSES))
+    return path
+
+
+def test_class_head_sliced_by_name_predicts_as_the_vocabulary_model(tmp_path: Path) -> None:
+    path = _vocabulary_teacher(tmp_path)
+    assert is_model_checkpoint(path) and not is_model_checkpoint(tmp_path)
+    full, checkpoint = load_model(path)
+    names = ("ring", "disc", "cross")
+    config, state = restrict_to_names(checkpoint, names, path)
+    sliced = build_model(config).eval()
+    sliced.load_state_dict(state)
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = full(full.normalize(image)), sliced(sliced.normalize(image))
+    rows = [SOURCE_CLASSES.index(n) for n in names] + [len(SOURCE_CLASSES)]
+    assert torch.allclose(b["pred_logits"], a["pred_logits"][..., rows], atol=1e-5)
+    assert torch.allclose(b["pred_masks"], a["pred_masks"], atol=1e-5)
+    with pytest.raises(InputError, match="not in this teacher's vocabulary") as err:
+        restrict_to_names(checkpoint, ("ring", "bolt"), path)
+    assert "hexagon" in str(err.value) and "'bolt'" in str(err.value)
+    with pytest.raises(InputError, match="more than once"):
+        restrict_to_names(checkpoint, ("ring", "ring"), path)
+
+
+def test_pretrain_writes_resumable_parts_provenance_and_the_shipped_form(tmp_path: Path) -> None:
+    settings = PretrainSettings(steps=2, batch_size=1, image_size=(64, 96), num_val=2, eval_every=0,
+                                checkpoint_every=1, num_points=64)
+    out = tmp_path / "pretrain"
+    data = pretrain(out, settings, device=torch.device("cpu"))
+    assert set(data["parts"]) == {"teacher", "student"}
+    for part, record in data["parts"].items():
+        assert record["steps"] == 2 and 0 <= record["val_ap"] <= 100 and record["settings"]["steps"] == 2
+        assert record["source_world"]["classes"] == list(SOURCE_CLASSES)
+        for name, digest in record["sha256"].items():
+            assert hashlib.sha256((out / part / name).read_bytes()).hexdigest() == digest
+    assert "commands" in data and "environment" in data
+    # a finished part is skipped; a part started with other settings is refused, not silently mixed
+    stamp = (out / "student" / "model.safetensors").stat().st_mtime_ns
+    pretrain(out, settings, parts=("student",), device=torch.device("cpu"))
+    assert (out / "student" / "model.safetensors").stat().st_mtime_ns == stamp
+    (out / "student" / "complete.json").unlink()
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(out, PretrainSettings(steps=3, batch_size=1, image_size=(64, 96), num_val=2), parts=("student",),
+                 device=torch.device("cpu"))
+    pretrain(out, settings, parts=("student",), device=torch.device("cpu"))  # resumes from its state
+    dest = tmp_path / "shipped"
+    ship(out, dest)
+    for line in (dest / CHECKSUMS).read_text().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest
+    teacher = read_checkpoint(dest / "teacher-tiny.safetensors")
+    assert teacher.state_dict["transformer_decoder.class_embed.weight"].dtype == torch.float16
+    assert tuple(teacher.spec.class_names) == SOURCE_CLASSES
+    student = build_model(model_preset("student-tiny").with_classes(6).updated(
+        input_size=(64, 96), encoder={"weights": str(dest / "student-tiny-encoder")}))
+    assert student.encoder.weights_report["format"] == "huggingface"
+
+
+def test_shipped_weights_match_their_checksums_and_load() -> None:
+    listed = {}
+    for line in (FOLDER / CHECKSUMS).read_text().splitlines():
+        digest, name = line.split("  ")
+        listed[name] = digest
+        assert hashlib.sha256((FOLDER / name).read_bytes()).hexdigest() == digest, name
+    assert {"teacher-tiny.safetensors", "student-tiny-encoder/model.safetensors",
+            "student-tiny-encoder/config.json", "provenance.json"} <= set(listed)
+    assert sum((FOLDER / name).stat().st_size for name in listed) <= 40 * 2**20
+    teacher = read_checkpoint(shipped_path("teacher", "teacher-tiny"))
+    assert set(SYNTH_CLASSES) <= set(teacher.spec.class_names)
+    config, state = restrict_to_names(teacher, SYNTH_CLASSES, FOLDER)
+    build_model(config).load_state_dict(state)
+    student = build_model(model_preset("student-tiny").with_classes(6).updated(
+        encoder={"weights": str(shipped_path("student", "student-tiny"))}))
+    assert student.encoder.weights_report["interpolated"] == {}
+    provenance = json.loads((FOLDER / "provenance.json").read_text())
+    assert set(provenance["parts"]) == {"teacher", "student"}
+    assert all(part["steps"] >= 1 for part in provenance["parts"].values())
+    assert set(FILES.values()) <= {name.split("/")[0] for name in listed}
+
+
+def test_shipped_is_the_default_and_only_for_the_tiny_presets() -> None:
+    train = TrainConfig()
+    assert train.weights_path("teacher") == shipped_path("teacher", "teacher-tiny")
+    assert train.weights_path("student") == shipped_path("student", "student-tiny")
+    assert TrainConfig(student_weights=None).weights_path("student") is None
+    with pytest.raises(ValueError, match="no shipped weights for 'student-s'"):
+        TrainConfig(student="student-s")
+    TrainConfig(student="student-s", student_weights=None)
+    TrainConfig(teacher="grounded-sam2")  # its weights come from train.grounded_sam2
