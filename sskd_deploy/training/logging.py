@@ -1,7 +1,8 @@
 """What a training run shows and leaves behind: ``metrics.jsonl``, a rich progress bar, curves PNG.
 
 ``metrics.jsonl`` holds one JSON object per log step: ``{"step", "epoch", "lr", "lr_<group>",
-"seconds" (training wall time so far, resumes included), "step_seconds", <loss term>: float or
+"seconds" (training wall time so far, resumes included), "step_seconds", "samples_per_second",
+["cuda_peak_mib" (on CUDA: peak allocated memory so far)], <loss term>: float or
 null, ...}``; loss terms are means over the steps since the previous line (and over ranks).
 Validation adds lines ``{"step", "epoch", "seconds", "eval_seconds", "val_ap", "val_ap50",
 ["train_ap", "train_ap50"]}`` (mask AP in points) every ``train.eval_every`` steps and at the end.
@@ -20,7 +21,8 @@ from sskd_deploy.io import atomic_write_bytes, atomic_write_text
 from sskd_deploy.training.distributed import gather_objects
 
 # keys of a metrics line that are bookkeeping, not curves
-NOT_PLOTTED = frozenset({"step", "epoch", "seconds", "step_seconds", "eval_seconds"})
+NOT_PLOTTED = frozenset({"step", "epoch", "seconds", "step_seconds", "eval_seconds", "samples_per_second",
+                         "cuda_peak_mib"})
 # validation lines (train.eval_every) carry mask AP in points under keys ending in this; one panel
 AP_SUFFIX = "_ap"
 

@@ -300,11 +300,22 @@ class _Run:
             if log is not None:
                 lrs = {f"lr_{k}": v for k, v in self.step_lrs.items()}
                 log.write({"step": self.step, "epoch": epoch, "seconds": round(self.elapsed, 3),
-                           "lr": self.cfg.lr * lr_lambda(self.step - 1, self.cfg), **lrs, **means})
+                           "lr": self.cfg.lr * lr_lambda(self.step - 1, self.cfg), **lrs, **means,
+                           **self.speed(means.get("step_seconds"))})
         if self.evaluate is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not final:
             self.validate(log, epoch)
         if self.step % self.cfg.checkpoint_every == 0 or final:
             self.checkpoint()
+
+    def speed(self, step_seconds: float | None) -> dict[str, float]:
+        """``samples_per_second`` over all ranks (a sample is one image, or one labeled + pseudo-labeled
+        pair where a stage's batch counts pairs) and, on CUDA, this rank's peak allocated memory so far."""
+        speed = {}
+        if step_seconds:
+            speed["samples_per_second"] = round(self.cfg.batch_size * self.world / step_seconds, 3)
+        if self.device.type == "cuda":
+            speed["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return speed
 
     def validate(self, log: MetricsLog | None, epoch: int) -> None:
         """Rank 0 evaluates the model (eval mode, RNG streams untouched); every rank waits for it."""

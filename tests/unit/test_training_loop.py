@@ -105,6 +105,8 @@ def test_loss_decreases_and_logs_parse(tmp_path: Path) -> None:
     assert lines[-1]["loss"] < 0.3 * lines[0]["loss"]
     assert lines[0]["undefined"] is None  # nan diagnostics become JSON null, not NaN
     assert {"lr", "lr_encoder", "lr_decoder", "seconds", "grad_norm", "epoch"} <= set(lines[0])
+    assert lines[0]["samples_per_second"] == pytest.approx(8 / lines[0]["step_seconds"], rel=0.01)
+    assert "cuda_peak_mib" not in lines[0]  # a CUDA run only
     assert result.steps == 60 and result.resumed_from is None
     assert result.final_losses["loss"] == pytest.approx(lines[-1]["loss"])
     png = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
@@ -291,6 +293,8 @@ def test_amp_on_cuda_checkpoints_the_scaler(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
     assert result.steps == 6 and state["scaler"]["scale"] > 0
     assert next(model.parameters()).device.type == "cuda"
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["cuda_peak_mib"] > 0 and last["samples_per_second"] > 0
 
 
 def test_metrics_log_drops_lines_past_the_resume_point_and_torn_lines(tmp_path: Path) -> None:
