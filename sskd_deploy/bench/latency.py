@@ -61,7 +61,7 @@ def cuda_event_timer(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def timer_for(runner: Runner) -> tuple[str, Timer]:
     """CUDA events for a PyTorch runner on a GPU, wall clock for everything else."""
-    if runner.info.backend == "torch" and runner.info.device.startswith("cuda"):
+    if runner.info.backend in ("torch", "torchao") and runner.info.device.startswith("cuda"):
         return "cuda_event", cuda_event_timer
     return "perf_counter", wall_timer
 

@@ -112,7 +112,9 @@ def peak_for(row: dict[str, Any], peaks: dict[str, dict[str, Any]]) -> tuple[str
     precision = row.get("precision", "fp32")
     if precision in ("int8", "mixed"):
         key = "int8_gops"
-    elif device == "cuda" and precision in ("fp16", "bf16"):
+    elif device == "cuda" and precision == "fp8":  # no FP8 probe: held against INT8's rate (same on Hopper)
+        key = "int8_gops"
+    elif device == "cuda" and precision in ("tf32", "fp16", "bf16"):
         key = f"{precision}_gflops"
     else:  # FP32, and FP16 on a CPU (ONNX Runtime computes most of an FP16 graph in FP32 there)
         key = "fp32_gflops"

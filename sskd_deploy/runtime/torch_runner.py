@@ -2,12 +2,17 @@
 
 It runs the very :class:`~sskd_deploy.models.deploy.DeployWrapper` that the exporter traces and
 that training-time validation evaluates, so its numbers are the baseline of the parity ladder.
-The benchmark also builds two variants of it: ``torch.compile`` (inductor) and, on CUDA,
-FP16/BF16 autocast; both keep the same inputs and output dtypes.
+The benchmark also builds variants of it: ``torch.compile`` (inductor; on CUDA optionally with
+CUDA graphs through ``mode="reduce-overhead"`` or ``"max-autotune"``), TF32 matmuls, and
+FP16/BF16 autocast; all keep the same inputs and output dtypes.
+
+A compiled runner compiles on its first call for each batch size; that call's wall time is kept
+in :attr:`TorchRunner.compile_seconds` so a benchmark reports compilation apart from latency.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,8 @@ from sskd_deploy.runtime.base import Outputs, RunnerInfo, check_images, check_ou
 
 # Eager PyTorch has no engine profile; the bound only keeps one call's activations in memory.
 DEFAULT_MAX_BATCH = 64
-AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+AUTOCAST = {"fp32": None, "tf32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class TorchRunner:
@@ -31,9 +37,11 @@ class TorchRunner:
 
     def __init__(self, *, wrapper: DeployWrapper, device: str = "cpu", threads: int | None = None,
                  name: str = "torch", max_batch: int = DEFAULT_MAX_BATCH, path: str = "", dtype: str = "fp32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, compile_mode: str = "default") -> None:
         if dtype not in AUTOCAST:
             raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {dtype!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {list(COMPILE_MODES)}, got {compile_mode!r}")
         if threads is not None:
             # process-wide in torch: set only when asked, so a caller's own setting is left alone
             torch.set_num_threads(int(threads))
@@ -42,13 +50,24 @@ class TorchRunner:
         self.spec = wrapper.spec
         self.max_batch = int(max_batch)
         self._autocast = AUTOCAST[dtype]
+        # TF32 is a matmul precision, not a dtype: set for the duration of each call, then restored
+        self._matmul_precision = "high" if dtype == "tf32" else None
         # dynamic=None: the first call specialises, a second batch size recompiles once with a symbolic
         # batch dimension instead of once per size (each inductor compile is tens of seconds on a CPU).
-        self._forward = torch.compile(self.wrapper, dynamic=None) if compile else self.wrapper
+        mode = None if compile_mode == "default" else compile_mode
+        self._forward = torch.compile(self.wrapper, dynamic=None, mode=mode) if compile else self.wrapper
+        self.compiled = bool(compile)
+        self.compile_seconds: dict[int, float] = {}  # batch size -> wall time of its first (compiling) call
         provider = "inductor" if compile else "eager"
         details: dict[str, Any] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+        if compile:
+            details["compile_mode"] = compile_mode
+            if compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda":
+                provider += "-cudagraphs"
         if self._autocast is not None:
             provider += "-autocast"
+        if self._matmul_precision is not None:
+            provider += "-tf32"
         self.info = RunnerInfo(name=name, backend="torch", precision=dtype, device=str(self.device),
                                provider=provider, path=path, details=details)
 
@@ -64,11 +83,23 @@ class TorchRunner:
 
     def run(self, images: np.ndarray) -> Outputs:
         images = check_images(self.spec, images, max_batch=self.max_batch)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._autocast,
-                                                     enabled=self._autocast is not None):
-            outputs = self._forward(torch.from_numpy(images).to(self.device))
-            arrays = [t.detach().float().to("cpu").numpy() if t.is_floating_point() else t.detach().to("cpu").numpy()
-                      for t in outputs]
+        first = self.compiled and images.shape[0] not in self.compile_seconds
+        start = time.perf_counter()
+        previous = torch.get_float32_matmul_precision()
+        if self._matmul_precision is not None:
+            torch.set_float32_matmul_precision(self._matmul_precision)
+        try:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._autocast,
+                                                         enabled=self._autocast is not None):
+                outputs = self._forward(torch.from_numpy(images).to(self.device))
+                # the copy to the host waits for the device; under CUDA graphs it also takes the
+                # outputs out of the graph's memory before the next replay overwrites them
+                arrays = [t.detach().float().to("cpu").numpy() if t.is_floating_point()
+                          else t.detach().to("cpu").numpy() for t in outputs]
+        finally:
+            torch.set_float32_matmul_precision(previous)
+        if first:
+            self.compile_seconds[images.shape[0]] = time.perf_counter() - start
         return check_outputs(self.spec, arrays, images.shape[0])
 
     def close(self) -> None:
