@@ -26,7 +26,21 @@ class BenchConfig(Section):
     models: tuple[str, ...] = ()  # presets also timed with random weights (e.g. student-s)
     pairs: tuple[tuple[str, str], ...] = (("teacher-tiny", "student-tiny"),)  # (teacher, student): preset or checkpoint
     input_size: Optional[tuple[Count, Count]] = None  # presets and pairs at this size (null: a preset's own; a pair: the student's)
-    gpu_dtypes: tuple[str, ...] = ("fp16", "bf16")  # extra PyTorch autocast rows when CUDA is present
+    gpu_dtypes: tuple[str, ...] = ("tf32", "fp16", "bf16")  # extra PyTorch rows (TF32 matmuls, autocast) on CUDA
+    # On CUDA, `compile` adds one torch.compile row per dtype here, in this mode ("reduce-overhead" and
+    # "max-autotune" capture CUDA graphs); the compile time is reported apart from the latency.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "reduce-overhead"
+    compile_dtypes: tuple[str, ...] = ("fp16", "bf16")
+    cpu: bool = True  # time the CPU rows (off: a GPU machine times its CUDA rows only; the CUDA FP32 row is then the baseline)
+    onnx: bool = True  # --model presets: also export and time ONNX Runtime FP32/INT8 graphs
+    # torchao INT8 (dynamic activations, INT8 weights) and, on CUDA with compute capability >= 8.9, FP8
+    # rows: auto when torchao is installed (`pip install .[torchao]`), on: its absence is an error.
+    torchao: Literal["auto", "on", "off"] = "auto"
+    parity_images: Annotated[int, Strict(), Field(ge=0)] = 32  # val images for the torchao rows' AP drop (0: none)
+    # Grounded-SAM2 as a pair's teacher (`--pair grounded-sam2:student-s`): the frame Grounding DINO sees.
+    # The paper's 800x1333, rounded up to the mask stride (4); Swin pads 1333 to 1336 itself, so the
+    # cost is the same. SAM2 sees the frame resized to its own image_size (1024 in the published config).
+    grounded_input_size: tuple[Count, Count] = (800, 1336)
     # Main job only: serve the artifact on Triton (loopback, free ports), check parity through it and
     # load-test it. auto: when a Triton install is found; on: a missing install is an error.
     triton: Literal["auto", "on", "off"] = "auto"
@@ -42,10 +56,12 @@ class BenchConfig(Section):
             raise ValueError(f"batch sizes repeat: {list(value)}")
         return tuple(sorted(value))
 
-    @field_validator("gpu_dtypes")
+    @field_validator("gpu_dtypes", "compile_dtypes")
     @classmethod
     def _dtypes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [v for v in value if v not in ("fp16", "bf16")]
+        unknown = [v for v in value if v not in ("fp32", "tf32", "fp16", "bf16")]
         if unknown:
-            raise ValueError(f"unknown GPU dtypes {unknown}: use fp16 and/or bf16")
+            raise ValueError(f"unknown GPU dtypes {unknown}: use fp32, tf32, fp16 and/or bf16")
+        if len(set(value)) != len(value):
+            raise ValueError(f"dtypes repeat: {list(value)}")
         return value

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ["model", "runner", "precision", "device", "provider", "batch", "threads", "timer", "p50_ms", "p90_ms",
               "p99_ms", "mean_ms", "throughput_ips", "pre_p50_ms", "post_p50_ms", "e2e_p50_ms", "e2e_throughput_ips",
-              "first_call_ms", "gflops_per_image", "achieved_gflops", "peak_name", "peak_fraction",
-              "speedup_vs_torch-fp32"]
+              "first_call_ms", "compile_s", "ap_drop", "gflops_per_image", "achieved_gflops", "peak_name", "peak_fraction",
+              "speedup_vs_torch-fp32", "speedup_vs_torch-cuda-fp32"]
 
 
 def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batches, log) -> tuple[list, list]:
@@ -40,31 +40,58 @@ def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batche
                 skipped.append({"model": group.label, "runner": name,
                                 "reason": f"batch {batch} exceeds the runner's maximum {runner.max_batch}"})
                 continue
+            calls = len(getattr(runner, "stage_times", []))
             samples = time_stages(runner, images[:batch], iters=settings.iters, warmup=settings.warmup,
                                   score_threshold=settings.score_threshold)
             info = runner.info.to_dict()
             row = {"model": group.label, **info, "path": group.recorded_path(info["path"]), "runner": name,
                    "batch": batch, "threads": settings.threads, "gflops_per_image": group.gflops_per_image,
                    "parameters": group.parameters, "io_bytes_per_image": group.io_bytes_per_image,
-                   **stage_row(samples, batch)}
+                   **stage_row(samples, batch), **_extras(runner, group, batch, calls, settings.iters)}
             rows.append(row)
+            compiled = f", compiled in {row['compile_s']:.1f} s" if row.get("compile_s") is not None else ""
             log(f"  {name} batch {batch}: infer p50 {row['p50_ms']:.1f} ms (pre {row['pre_ms']['p50']:.1f}, "
-                f"post {row['post_ms']['p50']:.1f}), {row['throughput_ips']:.1f} img/s")
+                f"post {row['post_ms']['p50']:.1f}), {row['throughput_ips']:.1f} img/s{compiled}")
+            if "stages_ms" in row:
+                log("    " + ", ".join(f"{k} {v['p50']:.1f} ms" for k, v in row["stages_ms"].items()))
     return rows, skipped
 
 
-def time_pairs(settings: BenchConfig, images: list, *, num_classes: int, log) -> tuple[list, list]:
-    """Each (teacher, student) at one input size, batch 1, through the PyTorch runners both have."""
-    from sskd_deploy.bench.models import torch_group
+def _extras(runner, group: ModelGroup, batch: int, calls_before: int, iters: int) -> dict[str, Any]:
+    """Compile time (compiled runners) and the per-stage split of the timed calls (staged runners)."""
+    extras: dict[str, Any] = {}
+    compile_s = getattr(runner, "compile_seconds", {}).get(batch)
+    if compile_s is not None:
+        extras["compile_s"] = compile_s
+    stage_times = getattr(runner, "stage_times", None)
+    if stage_times is not None:
+        from sskd_deploy.bench.grounded import stage_summary
 
+        extras["stages_ms"] = stage_summary(stage_times[calls_before:][-iters:])  # the timed calls only
+        extras["stage_gflops"] = dict(group.stage_gflops)
+    return extras
+
+
+def time_pairs(settings: BenchConfig, images: list, *, class_names: list[str], log) -> tuple[list, list]:
+    """Each (teacher, student), batch 1, through the PyTorch runners both have.
+
+    A MaskFormer teacher runs at the student's input size; Grounded-SAM2 at the paper's operating
+    point (``bench.grounded_input_size`` for Grounding DINO, SAM2 at its own image size)."""
+    from sskd_deploy.bench.grounded import grounded_group, is_grounded
+    from sskd_deploy.bench.models import RowOptions, torch_group
+
+    options = RowOptions.from_settings(settings)
     rows, pairs = [], []
     for teacher, student in settings.pairs:
-        timed = {}
+        timed, sizes = {}, {}
         size = settings.input_size
         for role, name in (("student", student), ("teacher", teacher)):
-            group = torch_group(name, num_classes=num_classes, input_size=size, threads=settings.threads,
-                                gpu_dtypes=settings.gpu_dtypes)
-            size = group.spec.input_size
+            if role == "teacher" and is_grounded(name):
+                group = grounded_group(name, class_names=class_names, input_size=settings.grounded_input_size,
+                                       options=options)
+            else:
+                group = torch_group(name, num_classes=len(class_names), input_size=size, options=options)
+            size = sizes[role] = group.spec.input_size
             log(f"[bold]{group.label}[/bold] ({role}) at {size[0]}x{size[1]}, {group.gflops_per_image:.1f} GFLOPs")
             group_rows, _ = time_group(group, images, settings, batches=[1], log=log)
             group.close()
@@ -72,13 +99,17 @@ def time_pairs(settings: BenchConfig, images: list, *, num_classes: int, log) ->
                 row["pair_role"], row["model"] = role, f"{group.label}, pair {role}"
             rows += group_rows
             timed[role] = {r["runner"]: r for r in group_rows}
-        for runner in timed["student"].keys() & timed["teacher"].keys():
+        for runner in sorted(timed["student"].keys() & timed["teacher"].keys()):
             t, s = timed["teacher"][runner], timed["student"][runner]
-            pairs.append({"teacher": teacher, "student": student, "input_size": list(size), "runner": runner,
-                          "batch": 1, "teacher_p50_ms": t["p50_ms"], "student_p50_ms": s["p50_ms"],
-                          "speedup": t["p50_ms"] / s["p50_ms"], "teacher_gflops": t["gflops_per_image"],
-                          "student_gflops": s["gflops_per_image"], "teacher_parameters": t["parameters"],
-                          "student_parameters": s["parameters"]})
+            pair = {"teacher": teacher, "student": student, "input_size": list(sizes["student"]),
+                    "teacher_input_size": list(sizes["teacher"]), "runner": runner,
+                    "batch": 1, "teacher_p50_ms": t["p50_ms"], "student_p50_ms": s["p50_ms"],
+                    "speedup": t["p50_ms"] / s["p50_ms"], "teacher_gflops": t["gflops_per_image"],
+                    "student_gflops": s["gflops_per_image"], "teacher_parameters": t["parameters"],
+                    "student_parameters": s["parameters"]}
+            if "stages_ms" in t:
+                pair["teacher_stages_ms"] = {k: v["p50"] for k, v in t["stages_ms"].items()}
+            pairs.append(pair)
     return rows, pairs
 
 
@@ -97,17 +128,16 @@ def measure_peaks(settings: BenchConfig, log) -> dict[str, dict[str, Any]]:
 
 def _groups(config: Config, artifact_dir: Path | None, sources: list[Path], num_classes: int, console):
     """Model groups, built lazily one at a time: the artifact's, then each preset of ``bench.models``."""
-    from sskd_deploy.bench.models import artifact_group, preset_group
+    from sskd_deploy.bench.models import RowOptions, artifact_group, preset_group
 
     settings = config.bench
+    options = RowOptions.from_settings(settings)
     if artifact_dir is not None:
-        yield lambda: artifact_group(artifact_dir, threads=settings.threads, compile=settings.compile,
-                                     gpu_dtypes=settings.gpu_dtypes)
+        yield lambda: artifact_group(artifact_dir, options)
     for preset in settings.models:
         yield lambda p=preset: preset_group(p, Path(config.run.out_dir) / "bench" / "graphs", num_classes=num_classes,
-                                            threads=settings.threads, calibration_images=sources,
-                                            input_size=settings.input_size, compile=settings.compile, gpu_dtypes=settings.gpu_dtypes,
-                                            log=console.print)
+                                            options=options, calibration_images=sources,
+                                            input_size=settings.input_size, onnx=settings.onnx, log=console.print)
 
 
 def bench_command(config: Config, artifact_dir: Path | None, *, console: Console, out: Path | None = None,
@@ -140,19 +170,24 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     images = [read_image(p) for p in (sources * max(settings.batches))[:max(settings.batches)]]
     num_classes = len(data.labeled.categories)
     peaks = measure_peaks(settings, console.print) if settings.roofline else {}
-    rows, skipped = [], []
+    rows, skipped, parity = [], [], {}
     for build in _groups(config, artifact_dir, sources, num_classes, console):
         group = build()
         h, w = group.spec.input_size
         console.print(f"[bold]{group.label}[/bold] at {h}x{w}, {group.gflops_per_image:.2f} GFLOPs/image, "
                       f"batches {list(settings.batches)}, {settings.threads} threads", soft_wrap=True)
         group_rows, group_skipped = time_group(group, images, settings, batches=settings.batches, log=console.print)
+        report = quantized_parity(group, data.val, config, group_rows, log=console.print)
+        if report is not None:
+            parity[group.label] = report
         group.close()
         rows += group_rows
         skipped += group_skipped
-    pair_rows, pairs = time_pairs(settings, images, num_classes=num_classes, log=console.print)
+    pair_rows, pairs = time_pairs(settings, images, class_names=list(data.labeled.categories.names), log=console.print)
     rows += pair_rows
     add_speedups(rows, "torch-fp32")
+    if any(r["runner"] == "torch-cuda-fp32" for r in rows):
+        add_speedups(rows, "torch-cuda-fp32")
     attach_roofline(rows, peaks)
     over = [f"{r['runner']} batch {r['batch']}" for r in rows if (r.get("peak_fraction") or 0) > 1]
     if over:  # a peak measured while something else loaded the machine: fractions are not trustworthy
@@ -163,7 +198,7 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     result = {"format": "sskd-deploy/bench", "version": 2, "settings": settings.model_dump(mode="json"),
               "artifact": None if artifact_dir is None else str(Path(artifact_dir).absolute()),
               "environment": bench_environment(), "versions": library_versions(), "peaks": peaks, "rows": rows,
-              "pairs": pairs, "skipped": skipped, "plots": write_plots(rows, pairs, peaks, out)}
+              "pairs": pairs, "skipped": skipped, "parity": parity, "plots": write_plots(rows, pairs, peaks, out)}
     if triton is not None:
         result["triton"] = _triton_section(triton, triton_model, artifact_dir, sources, settings, concurrency,
                                            duration_s, console)
@@ -171,7 +206,47 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     write_outputs(result, out)
     print_bench(result, console)
     console.print(f"wrote {out}, {out.with_suffix('.csv')} and the plots {', '.join(result['plots'].values())}")
+    broken = [f"{label}: {r['runner']}" for label, report in parity.items() for r in report["rows"]
+              if not r.get("ok", True)]
+    if broken:
+        raise SSKDError(f"quantised rows over the AP-drop budget ({', '.join(broken)}): see 'parity' in {out}")
     return result
+
+
+def quantized_parity(group: ModelGroup, val, config: Config, rows: list[dict], *, log) -> dict | None:
+    """The parity gate for the torchao rows: AP on (the first ``bench.parity_images`` of) the val split
+    against FP32 on the same device, with the export budgets; each row gets its ``ap_drop``."""
+    from dataclasses import replace
+
+    from sskd_deploy.export.parity import compare_runners
+
+    quantized = {n: r for n, r in group.runners.items() if r.info.backend == "torchao"}
+    count = config.bench.parity_images
+    if not quantized or not count or not val.records:
+        return None
+    reports = {}
+    for device in dict.fromkeys(r.info.device for r in quantized.values()):
+        reference = group.runners.get("torch-cuda-fp32" if device.startswith("cuda") else "torch-fp32")
+        if reference is None:
+            log(f"  no FP32 row on {device} to hold the torchao rows against: no AP drop")
+            continue
+        others = {n: r for n, r in quantized.items() if r.info.device == device}
+        subset = replace(val, records=val.records[:count])
+        reports[device] = compare_runners(reference, others, subset, budgets=config.export.budgets, batch_size=1)
+    if not reports:
+        return None
+    report = {"rows": [r for rep in reports.values() for r in rep["rows"] if r["runner"] in quantized],
+              "reference": {d: rep["reference"] for d, rep in reports.items()},
+              "images": min(count, len(val.records)), "split": val.name, "budgets": config.export.budgets.model_dump()}
+    drops = {r["runner"]: r.get("ap_drop") for r in report["rows"]}
+    for row in rows:
+        if row["runner"] in drops:
+            row["ap_drop"] = drops[row["runner"]]
+    for r in report["rows"]:
+        drop = "n/a" if r.get("ap_drop") is None else f"{r['ap_drop']:.2f}"
+        log(f"  {r['runner']}: AP {r['ap'] if r['ap'] is None else round(r['ap'], 2)}, AP drop vs FP32 {drop} "
+            f"points on {report['images']} val images ({'ok' if r.get('ok', True) else 'OVER BUDGET'})")
+    return report
 
 
 def write_plots(rows: list[dict], pairs: list[dict], peaks: dict, out: Path) -> dict[str, str]:
@@ -229,19 +304,29 @@ def print_bench(result: dict, console: Console) -> None:
 
     for model in dict.fromkeys(r["model"] for r in result["rows"]):
         table = Table(title=f"{model}: ms per call", box=box.SIMPLE, pad_edge=False, collapse_padding=True)
-        for column in ("runner", "batch", "pre", "infer", "p99", "post", "e2e", "img/s", "%peak", "speed-up"):
+        for column in ("runner", "batch", "pre", "infer", "p99", "post", "e2e", "img/s", "%peak", "speed-up",
+                       "compile s", "AP drop"):
             table.add_column(column, justify="left" if column == "runner" else "right", no_wrap=True)
         for r in (r for r in result["rows"] if r["model"] == model):
+            speedup = r.get("speedup_vs_torch-fp32")
+            speedup = r.get("speedup_vs_torch-cuda-fp32") if speedup is None else speedup
             table.add_row(r["runner"], str(r["batch"]), f(r["pre_ms"]["p50"]), f(r["p50_ms"]), f(r["p99_ms"]),
                           f(r["post_ms"]["p50"]), f(r["e2e_ms"]["p50"]), f(r["throughput_ips"]),
-                          f(r.get("peak_fraction"), 2, 100.0), f(r.get("speedup_vs_torch-fp32"), 2, suffix="x"))
+                          f(r.get("peak_fraction"), 2, 100.0), f(speedup, 2, suffix="x"),
+                          f(r.get("compile_s")), f(r.get("ap_drop"), 2))
         console.print(table)
     if result["rows"]:
         console.print("p50 unless named; infer = runner.run, e2e = pre + infer + post; img/s from the mean infer "
-                      "time; %peak = achieved GFLOP/s over the measured peak; speed-up = torch-fp32 infer p50 / "
-                      "infer p50.", soft_wrap=True)
+                      "time; %peak = achieved GFLOP/s over the measured peak; speed-up = torch-fp32 (else torch-cuda-fp32) "
+                      "infer p50 / infer p50; compile s = the compiling first call, not in the latency; AP drop = "
+                      "FP32 AP - quantised AP on the val split, points.", soft_wrap=True)
     for p in result["pairs"]:
-        console.print(f"pair {p['teacher']} -> {p['student']} at {p['input_size'][0]}x{p['input_size'][1]}, "
+        (sh, sw), (th, tw) = p["input_size"], p.get("teacher_input_size", p["input_size"])
+        at = f"at {sh}x{sw}" if (sh, sw) == (th, tw) else f"at {th}x{tw} -> {sh}x{sw}"
+        stages = p.get("teacher_stages_ms")
+        if stages:
+            console.print("teacher split: " + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items()), soft_wrap=True)
+        console.print(f"pair {p['teacher']} -> {p['student']} {at}, "
                       f"{p['runner']}: {p['teacher_p50_ms']:.1f} -> {p['student_p50_ms']:.1f} ms, "
                       f"[bold]{p['speedup']:.2f}x[/bold] faster ({p['teacher_gflops']:.1f} -> "
                       f"{p['student_gflops']:.1f} GFLOPs; paper: 350.9 -> 76.9 ms, 4.56x)", soft_wrap=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sskd_deploy.io import atomic_write_text, recorded_path
 from sskd_deploy.runtime.base import Runner
@@ -32,6 +33,7 @@ class ModelGroup:
     parameters: int
     skipped: list[dict[str, str]] = field(default_factory=list)
     artifact: Path | None = None
+    stage_gflops: dict[str, float] = field(default_factory=dict)  # per stage, for a model timed in stages
 
     def recorded_path(self, path: str) -> str:
         """A runner's file as the benchmark records it: relative to the artifact inside it, else
@@ -57,27 +59,113 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def torch_runners(wrapper, *, threads: int, compile: bool, gpu_dtypes: Sequence[str], path: str = "",
-                  ) -> dict[str, Runner]:
-    """Eager FP32 on the CPU (the reference row), compiled, and the CUDA rows when a GPU is present."""
+@dataclass(frozen=True)
+class RowOptions:
+    """Which PyTorch-side rows a model group gets (the ``bench`` settings that decide them)."""
+
+    threads: int = 2
+    compile: bool = False
+    gpu_dtypes: tuple[str, ...] = ()
+    compile_mode: str = "default"
+    compile_dtypes: tuple[str, ...] = ("fp16", "bf16")
+    cpu: bool = True
+    torchao: str = "off"  # auto | on | off
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RowOptions:
+        return cls(threads=settings.threads, compile=settings.compile, gpu_dtypes=tuple(settings.gpu_dtypes),
+                   compile_mode=settings.compile_mode, compile_dtypes=tuple(settings.compile_dtypes),
+                   cpu=settings.cpu, torchao=settings.torchao)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """One PyTorch row to build: ``kind`` torch or torchao; ``dtype`` an autocast/TF32 choice or a torchao scheme."""
+
+    name: str
+    kind: str
+    device: str
+    dtype: str
+    compile: bool = False
+    compile_mode: str = "default"
+
+
+def plan_torch_rows(options: RowOptions, *, cuda: bool, torchao_reason: str | None,
+                    schemes: dict[str, str | None] | None = None) -> tuple[list[RowPlan], list[dict[str, str]]]:
+    """The rows a group gets and the ones it cannot (``{"runner", "reason"}``), decided without building anything.
+
+    ``cuda``: a GPU is present; ``torchao_reason``: why torchao cannot be used (``None``: it can);
+    ``schemes``: torchao scheme -> why it cannot run on the target device (``None``: it can).
+    On a GPU machine every compiled and quantised row runs on the GPU (where a server would run
+    it), and ``options.cpu=False`` leaves the CPU out altogether.
+    """
+    plans: list[RowPlan] = []
+    skipped: list[dict[str, str]] = []
+    if options.cpu or not cuda:
+        plans.append(RowPlan("torch-fp32", "torch", "cpu", "fp32"))
+        if options.compile and not cuda:
+            plans.append(RowPlan("torch-compiled", "torch", "cpu", "fp32", compile=True))
+    if cuda:
+        for dtype in dict.fromkeys(("fp32", *options.gpu_dtypes)):
+            plans.append(RowPlan(f"torch-cuda-{dtype}", "torch", "cuda", dtype))
+        if options.compile:
+            for dtype in options.compile_dtypes:
+                plans.append(RowPlan(f"torch-cuda-compiled-{dtype}", "torch", "cuda", dtype, compile=True,
+                                     compile_mode=options.compile_mode))
+    if options.torchao != "off":
+        device = "cuda" if cuda else "cpu"
+        for scheme, why_not in (schemes or {"int8": None}).items():
+            name = f"torchao-{scheme}" if device == "cpu" else f"torchao-cuda-{scheme}"
+            reason = torchao_reason or why_not
+            if reason is None:
+                plans.append(RowPlan(name, "torchao", device, scheme, compile=options.compile,
+                                     compile_mode=options.compile_mode if cuda else "default"))
+            else:
+                skipped.append({"runner": name, "reason": reason})
+    return plans, skipped
+
+
+def torch_runners(wrapper, options: RowOptions, *, path: str = "") -> tuple[dict[str, Runner], list[dict[str, str]]]:
+    """The planned PyTorch and torchao runners of ``wrapper`` and the rows skipped here (with why).
+
+    A missing torchao is a skipped row under ``torchao: auto`` and an error under ``on``."""
     import copy
 
     from sskd_deploy.runtime.torch_runner import TorchRunner
 
-    runners: dict[str, Runner] = {"torch-fp32": TorchRunner(wrapper=wrapper, threads=threads, name="torch-fp32",
-                                                           path=path)}
-    gpu = cuda_available()
-    if compile:
-        # on a GPU machine the compiled row is the GPU one: that is where a server would run it
-        name = "torch-cuda-compiled" if gpu else "torch-compiled"
-        runners[name] = TorchRunner(wrapper=copy.deepcopy(wrapper), device="cuda" if gpu else "cpu", threads=threads,
-                                    name=name, path=path, compile=True)
-    if gpu:
-        cuda = copy.deepcopy(wrapper)
-        for dtype in ("fp32", *gpu_dtypes):
-            runners[f"torch-cuda-{dtype}"] = TorchRunner(wrapper=cuda, device="cuda", threads=threads,
-                                                         name=f"torch-cuda-{dtype}", path=path, dtype=dtype)
-    return runners
+    cuda = cuda_available()
+    reason, schemes = None, None
+    if options.torchao != "off":
+        from sskd_deploy.runtime.torchao_runner import torchao_schemes, torchao_unavailable
+
+        reason = torchao_unavailable()
+        if reason is not None and options.torchao == "on":
+            from sskd_deploy.errors import SSKDError
+
+            raise SSKDError(f"bench.torchao is on but {reason}")
+        schemes = torchao_schemes("cuda" if cuda else "cpu")
+    plans, skipped = plan_torch_rows(options, cuda=cuda, torchao_reason=reason, schemes=schemes)
+    runners: dict[str, Runner] = {}
+    cuda_copy = None
+    for plan in plans:
+        if plan.kind == "torchao":
+            from sskd_deploy.runtime.torchao_runner import TorchaoRunner
+
+            runners[plan.name] = TorchaoRunner(wrapper=wrapper, scheme=plan.dtype, device=plan.device,
+                                               threads=options.threads, name=plan.name, path=path,
+                                               compile=plan.compile, compile_mode=plan.compile_mode)
+            continue
+        if plan.compile:  # its own copy: compiling wraps the module
+            model = copy.deepcopy(wrapper)
+        elif plan.device == "cuda":  # the eager CUDA rows share one copy on the GPU
+            cuda_copy = cuda_copy if cuda_copy is not None else copy.deepcopy(wrapper)
+            model = cuda_copy
+        else:
+            model = wrapper
+        runners[plan.name] = TorchRunner(wrapper=model, device=plan.device, threads=options.threads, name=plan.name,
+                                         path=path, dtype=plan.dtype, compile=plan.compile,
+                                         compile_mode=plan.compile_mode)
+    return runners, skipped
 
 
 def _cost(model, input_size) -> tuple[float, int]:
@@ -86,7 +174,7 @@ def _cost(model, input_size) -> tuple[float, int]:
     return count_flops(model, tuple(input_size)) / 1e9, sum(p.numel() for p in model.parameters())
 
 
-def artifact_group(artifact_dir: Path, *, threads: int, compile: bool, gpu_dtypes: Sequence[str]) -> ModelGroup:
+def artifact_group(artifact_dir: Path, options: RowOptions) -> ModelGroup:
     """The trained student of an export artifact: PyTorch rows from its checkpoint, then every graph."""
     from sskd_deploy.export.artifact import CHECKPOINT, graph_runners, read_manifest
     from sskd_deploy.models.checkpoint import load_model
@@ -97,9 +185,9 @@ def artifact_group(artifact_dir: Path, *, threads: int, compile: bool, gpu_dtype
     model, checkpoint = load_model(artifact_dir / CHECKPOINT)
     gflops, params = _cost(model, checkpoint.spec.input_size)
     wrapper = DeployWrapper(model=model, spec=checkpoint.spec)
-    runners = torch_runners(wrapper, threads=threads, compile=compile, gpu_dtypes=gpu_dtypes,
-                            path=str(artifact_dir / CHECKPOINT))
-    graphs, skipped = graph_runners(artifact_dir, manifest, threads)
+    runners, skipped = torch_runners(wrapper, options, path=str(artifact_dir / CHECKPOINT))
+    graphs, graph_skipped = graph_runners(artifact_dir, manifest, options.threads)
+    skipped += graph_skipped
     reason = manifest.get("tensorrt", {}).get("skipped")
     if reason and not any(name.startswith("tensorrt") for name in graphs):
         skipped += [{"runner": f"tensorrt-{p}", "reason": f"no engine in the artifact: {reason}"} for p in ("fp16", "int8")]
@@ -135,27 +223,38 @@ def build_wrapper(name: str, *, num_classes: int, input_size: Sequence[int] | No
     return DeployWrapper(model=build_model(config).eval(), spec=spec).eval(), f"{name} (random)"
 
 
-def torch_group(name: str, *, num_classes: int, input_size: Sequence[int] | None, threads: int,
-                gpu_dtypes: Sequence[str]) -> ModelGroup:
-    """PyTorch rows only (eager CPU, CUDA): what a teacher/student pair is compared with."""
+def torch_group(name: str, *, num_classes: int, input_size: Sequence[int] | None, options: RowOptions) -> ModelGroup:
+    """PyTorch rows only (eager CPU, CUDA; no compiled or quantised rows): what a teacher/student pair is
+    compared with."""
     wrapper, label = build_wrapper(name, num_classes=num_classes, input_size=input_size)
     gflops, params = _cost(wrapper.model, wrapper.spec.input_size)
-    runners = torch_runners(wrapper, threads=threads, compile=False, gpu_dtypes=gpu_dtypes)
+    plain = RowOptions(threads=options.threads, gpu_dtypes=options.gpu_dtypes, cpu=options.cpu)
+    runners, _ = torch_runners(wrapper, plain)
     return ModelGroup(label=label, spec=wrapper.spec, runners=runners, gflops_per_image=gflops, parameters=params)
 
 
-def preset_group(preset: str, work_dir: Path, *, num_classes: int, threads: int, calibration_images: Sequence[Path],
-                 input_size: Sequence[int] | None = None, compile: bool = False, gpu_dtypes: Sequence[str] = (),
+def preset_group(preset: str, work_dir: Path, *, num_classes: int, options: RowOptions,
+                 calibration_images: Sequence[Path], input_size: Sequence[int] | None = None, onnx: bool = True,
                  log: Callable[[str], None] = print) -> ModelGroup:
-    """A preset (or checkpoint) with PyTorch rows plus ONNX Runtime FP32 and INT8 graphs exported from it."""
+    """A preset (or checkpoint) with PyTorch rows plus (``onnx``) ONNX Runtime FP32 and INT8 graphs exported from it."""
+    wrapper, label = build_wrapper(preset, num_classes=num_classes, input_size=input_size)
+    gflops, params = _cost(wrapper.model, wrapper.spec.input_size)
+    runners, skipped = torch_runners(wrapper, options)
+    if onnx:
+        runners.update(_onnx_runners(wrapper, label, preset, work_dir, options.threads, calibration_images, log))
+    return ModelGroup(label=label, spec=wrapper.spec, runners=runners, gflops_per_image=gflops, parameters=params,
+                      skipped=skipped)
+
+
+def _onnx_runners(wrapper, label: str, preset: str, work_dir: Path, threads: int,
+                  calibration_images: Sequence[Path], log: Callable[[str], None]) -> dict[str, Runner]:
+    """ONNX Runtime FP32 and INT8 graphs of ``wrapper``, exported once and cached by a hash of its config."""
     from sskd_deploy.export.calibration import select_calibration_images
     from sskd_deploy.export.int8 import quantize_int8
     from sskd_deploy.export.onnx_export import export_onnx
     from sskd_deploy.provenance import hash_bytes
     from sskd_deploy.runtime.onnxruntime_runner import OrtRunner
 
-    wrapper, label = build_wrapper(preset, num_classes=num_classes, input_size=input_size)
-    gflops, params = _cost(wrapper.model, wrapper.spec.input_size)
     key = hash_bytes(wrapper.model.config.model_dump_json().encode() + label.encode())[:16]
     folder = Path(work_dir) / f"{Path(preset).stem}-{key}"
     fp32, int8, done = folder / "model_fp32.onnx", folder / "model_int8.onnx", folder / "complete"
@@ -166,8 +265,5 @@ def preset_group(preset: str, work_dir: Path, *, num_classes: int, threads: int,
         quantize_int8(fp32, int8, selection=selection, spec=wrapper.spec, method="minmax",
                       cache_dir=folder / "calibration", batch_size=1)
         atomic_write_text(done, "ok\n")
-    runners = torch_runners(wrapper, threads=threads, compile=compile, gpu_dtypes=gpu_dtypes)
-    runners["onnxruntime-fp32"] = OrtRunner(fp32, threads=threads, name="onnxruntime-fp32")
-    runners["onnxruntime-int8"] = OrtRunner(int8, threads=threads, name="onnxruntime-int8")
-    return ModelGroup(label=label, spec=wrapper.spec, runners=runners, gflops_per_image=gflops, parameters=params)
-
+    return {"onnxruntime-fp32": OrtRunner(fp32, threads=threads, name="onnxruntime-fp32"),
+            "onnxruntime-int8": OrtRunner(int8, threads=threads, name="onnxruntime-int8")}

@@ -28,7 +28,7 @@ is SAM2's stride-16 image embedding.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,14 +288,24 @@ class GroundedSam2Teacher(nn.Module):
     # -- the Teacher protocol ------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict_queries(self, images: Tensor) -> dict[str, Tensor]:
-        """uint8 ``(B, 3, H, W)`` -> ``class_prob (B, N, C+1)``, ``mask_prob (B, N, H/4, W/4)``, ``boxes (B, N, 4)``."""
+    def predict_queries(self, images: Tensor, *, on_stage: Callable[[str], None] | None = None) -> dict[str, Tensor]:
+        """uint8 ``(B, 3, H, W)`` -> ``class_prob (B, N, C+1)``, ``mask_prob (B, N, H/4, W/4)``, ``boxes (B, N, 4)``.
+
+        ``on_stage(name)`` is called as each stage ends (``grounding_dino``, ``sam2_image_encoder``,
+        ``sam2_mask_decoder``): what a benchmark uses to split the teacher's time.
+        """
+        mark = on_stage or (lambda name: None)
         pixels = self.normalize(images)
         out = self.grounding(pixel_values=pixels, **self._text(pixels.shape[0]))
         class_prob, boxes = self._select(self.class_scores(out.logits), out.pred_boxes)
+        mark("grounding_dino")
+        embeddings = self.image_embeddings(pixels)
+        mark("sam2_image_encoder")
         grid = (images.shape[-2] // 4, images.shape[-1] // 4)
-        logits = self.box_mask_logits(self.image_embeddings(pixels), cxcywh_to_xyxy(boxes), grid)
-        return {"class_prob": self._with_no_object(class_prob), "mask_prob": logits.sigmoid(), "boxes": boxes}
+        logits = self.box_mask_logits(embeddings, cxcywh_to_xyxy(boxes), grid)
+        mark("sam2_mask_decoder")
+        return {"class_prob": self._with_no_object(class_prob), "mask_prob": logits.sigmoid(), "boxes": boxes,
+                "mask_logits": logits}
 
     def dense_features(self, images: Tensor) -> Tensor:
         """SAM2's stride-16 image embedding ``(B, C, S/16, S/16)``, the map L_pxl acts on."""
@@ -441,6 +451,32 @@ def large_configs() -> tuple[Any, Any]:
     sam2 = Sam2Config(vision_config=Sam2VisionConfig(backbone_config=hiera,
                                                      backbone_channel_list=[1152, 576, 288, 144]))
     return grounding, sam2
+
+
+BERT_SPECIAL_IDS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
+
+
+def local_tokenizer(words: Sequence[str] = (), *, vocab_size: int = 30522) -> Any:
+    """A BERT WordPiece tokenizer built here, for Grounding DINO with random weights (no download).
+
+    The vocabulary has BERT's special tokens and ``.``/``?`` at BERT's ids (Grounding DINO finds
+    phrase boundaries by those ids), every lower-case letter alone and as a ``##`` continuation (so
+    any name tokenizes), and each of ``words`` as one token, as BERT's real vocabulary has common
+    class names; the rest are unused slots up to ``vocab_size``. Prompt lengths, and so the text
+    encoder's cost, are then close to those of the published tokenizer.
+    """
+    from transformers import BertTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pieces = [*letters, *("##" + c for c in letters), "-", "_", "/"]
+    pieces += [w for w in dict.fromkeys(str(w).lower() for w in words) if w and w not in pieces and w not in ".?"]
+    free = [i for i in range(200, vocab_size) if i not in BERT_SPECIAL_IDS]
+    if len(pieces) > len(free):
+        raise ValueError(f"vocab_size {vocab_size} is too small for {len(pieces)} tokens")
+    tokens = {i: f"[unused{i}]" for i in range(vocab_size)}
+    tokens.update(BERT_SPECIAL_IDS)
+    tokens.update(zip(free, pieces))
+    return BertTokenizer(vocab={token: i for i, token in tokens.items()})
 
 
 def count_parameters_of(grounding_cfg: Any, sam2_cfg: Any) -> dict[str, int]:

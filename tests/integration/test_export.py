@@ -100,7 +100,8 @@ def test_bench_times_every_runner(exported, tmp_path) -> None:
     config, artifact = exported
     out = tmp_path / "latency.json"
     assert main(["bench", str(artifact), "--config", str(config), "--iters", "2", "--warmup", "1", "--batch", "1,2",
-                 "--compile", "--pair", "teacher-tiny:student-tiny", "--input-size", "64x96", "--out", str(out)]) == 0
+                 "--compile", "--pair", "teacher-tiny:student-tiny", "--input-size", "64x96", "--out", str(out),
+                 "--set", "bench.torchao=off"]) == 0  # torchao rows: tests/unit/test_gpu_rows.py
     result = json.loads(out.read_text())
     rows = [r for r in result["rows"] if not r.get("pair_role")]
     runners = {"torch-fp32", "torch-compiled", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"}

@@ -136,7 +136,7 @@ def test_export_records_final_paths(exported) -> None:
 
 
 def test_a_moved_artifact_verifies_and_benches(exported, tmp_path: Path) -> None:
-    from sskd_deploy.bench.models import artifact_group
+    from sskd_deploy.bench.models import RowOptions, artifact_group
     from sskd_deploy.pipeline_bench import time_group
 
     work, val, config = exported
@@ -150,7 +150,7 @@ def test_a_moved_artifact_verifies_and_benches(exported, tmp_path: Path) -> None
     assert {"torch-fp32", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"} <= set(rows)
     assert sorted(_check_paths(moved, report, work)) == sorted(row["path"] for row in rows.values())
 
-    group = artifact_group(moved, threads=1, compile=False, gpu_dtypes=())
+    group = artifact_group(moved, RowOptions(threads=1))
     try:
         timed, _ = time_group(group, [_image(val)], BenchConfig(threads=1, iters=1, warmup=0), batches=[1],
                               log=lambda _: None)
