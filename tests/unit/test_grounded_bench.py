@@ -94,3 +94,34 @@ def test_published_teacher_is_built_from_the_real_configs(monkeypatch) -> None:
     assert "Swin-L" in label and built["GroundingDinoForObjectDetection"].backbone_config.embed_dim == 192
     assert built["Sam2Model"].vision_config.backbone_config.blocks_per_stage == [2, 6, 36, 4]
     assert parts["sam2"].config.prompt_encoder_config.image_size == 1024 and parts["class_names"] == CLASSES
+
+
+def test_bench_command_writes_the_pair_split_and_torchao_parity(weights, tmp_path, monkeypatch) -> None:
+    """``bench --pair DIR:student-tiny`` end to end on generated data, with torchao's AP drop when installed."""
+    import json
+
+    from sskd_deploy.cli import main
+    from sskd_deploy.runtime.torchao_runner import torchao_unavailable
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench_models, "cuda_available", lambda: False)
+    out = tmp_path / "bench" / "latency.json"
+    data = ["data.root=ds", "data.synth.num_train=6", "data.synth.num_val=3", "data.synth.image_size=[64,96]",
+            "data.synth.labeled_fraction=0.5", "run.out_dir=out", "bench.onnx=false", "bench.parity_images=3",
+            "bench.grounded_input_size=[64,96]"]
+    args = ["bench", "--model", "student-tiny", "--input-size", "64x96", "--batch", "1", "--iters", "1", "--warmup",
+            "0", "--no-compile", "--no-roofline", "--threads", "1", "--pair", f"{weights}:student-tiny", "--out", str(out)]
+    assert main([*args, *(a for s in data for a in ("--set", s))]) == 0
+    result = json.loads(out.read_text())
+    (pair,) = result["pairs"]
+    assert set(pair["teacher_stages_ms"]) == set(STAGES) and pair["teacher_input_size"] == [64, 96]
+    runners = {r["runner"] for r in result["rows"] if not r.get("pair_role")}
+    if torchao_unavailable() is None:
+        assert runners == {"torch-fp32", "torchao-int8"}
+        (row,) = [r for r in result["rows"] if r["runner"] == "torchao-int8"]
+        assert row["ap_drop"] is not None and row["precision"] == "int8"
+        (report,) = result["parity"].values()
+        assert report["images"] == 3 and report["rows"][0]["runner"] == "torchao-int8"
+    else:
+        assert runners == {"torch-fp32"} and any(s["runner"] == "torchao-int8" for s in result["skipped"])
+    assert "compile_s,ap_drop" in out.with_suffix(".csv").read_text().splitlines()[0]
