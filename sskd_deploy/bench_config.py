@@ -47,6 +47,12 @@ class BenchConfig(Section):
     triton_concurrency: tuple[Count, ...] = (1, 4)  # closed-loop load levels
     triton_duration_s: Annotated[float, Strict(), Field(gt=0)] = 5.0  # seconds per level
 
+    @field_validator("torchao", "triton", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        # YAML 1.1 reads a bare on/off (as `--set bench.torchao=off` gives) as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("batches")
     @classmethod
     def _batches(cls, value: tuple[int, ...]) -> tuple[int, ...]:

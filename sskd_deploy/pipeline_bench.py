@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sskd_deploy.errors import SSKDError
@@ -29,8 +31,10 @@ CSV_FIELDS = ["model", "runner", "precision", "device", "provider", "batch", "th
               "speedup_vs_torch-fp32", "speedup_vs_torch-cuda-fp32"]
 
 
-def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batches, log) -> tuple[list, list]:
-    """Rows for every runner of ``group`` at every batch size, and what was skipped (with why)."""
+def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batches, log,
+               on_row: Callable[[dict], None] | None = None) -> tuple[list, list]:
+    """Rows for every runner of ``group`` at every batch size, and what was skipped (with why);
+    ``on_row`` sees each row as soon as it is measured."""
     from sskd_deploy.bench.latency import stage_row, time_stages
 
     rows, skipped = [], [{"model": group.label, **s} for s in group.skipped]
@@ -49,6 +53,8 @@ def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batche
                    "parameters": group.parameters, "io_bytes_per_image": group.io_bytes_per_image,
                    **stage_row(samples, batch), **_extras(runner, group, batch, calls, settings.iters)}
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
             compiled = f", compiled in {row['compile_s']:.1f} s" if row.get("compile_s") is not None else ""
             log(f"  {name} batch {batch}: infer p50 {row['p50_ms']:.1f} ms (pre {row['pre_ms']['p50']:.1f}, "
                 f"post {row['post_ms']['p50']:.1f}), {row['throughput_ips']:.1f} img/s{compiled}")
@@ -72,7 +78,8 @@ def _extras(runner, group: ModelGroup, batch: int, calls_before: int, iters: int
     return extras
 
 
-def time_pairs(settings: BenchConfig, images: list, *, class_names: list[str], log) -> tuple[list, list]:
+def time_pairs(settings: BenchConfig, images: list, *, class_names: list[str], log,
+               on_row: Callable[[dict], None] | None = None) -> tuple[list, list]:
     """Each (teacher, student), batch 1, through the PyTorch runners both have.
 
     A MaskFormer teacher runs at the student's input size; Grounded-SAM2 at the paper's operating
@@ -93,7 +100,7 @@ def time_pairs(settings: BenchConfig, images: list, *, class_names: list[str], l
                 group = torch_group(name, num_classes=len(class_names), input_size=size, options=options)
             size = sizes[role] = group.spec.input_size
             log(f"[bold]{group.label}[/bold] ({role}) at {size[0]}x{size[1]}, {group.gflops_per_image:.1f} GFLOPs")
-            group_rows, _ = time_group(group, images, settings, batches=[1], log=log)
+            group_rows, _ = time_group(group, images, settings, batches=[1], log=log, on_row=on_row)
             group.close()
             for row in group_rows:  # a pair member may also be timed on its own (--model): keep the rows apart
                 row["pair_role"], row["model"] = role, f"{group.label}, pair {role}"
@@ -170,20 +177,33 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     images = [read_image(p) for p in (sources * max(settings.batches))[:max(settings.batches)]]
     num_classes = len(data.labeled.categories)
     peaks = measure_peaks(settings, console.print) if settings.roofline else {}
+    out = out or run_dir / "bench" / "latency.json"
+    # each row as it is measured, so a run stopped by a time limit keeps what it measured; removed
+    # once the full result is written
+    partial = out.with_name(out.stem + ".partial.jsonl")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+
+    def keep(row: dict) -> None:
+        with partial.open("a") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
+
     rows, skipped, parity = [], [], {}
     for build in _groups(config, artifact_dir, sources, num_classes, console):
         group = build()
         h, w = group.spec.input_size
         console.print(f"[bold]{group.label}[/bold] at {h}x{w}, {group.gflops_per_image:.2f} GFLOPs/image, "
                       f"batches {list(settings.batches)}, {settings.threads} threads", soft_wrap=True)
-        group_rows, group_skipped = time_group(group, images, settings, batches=settings.batches, log=console.print)
+        group_rows, group_skipped = time_group(group, images, settings, batches=settings.batches, log=console.print,
+                                               on_row=keep)
         report = quantized_parity(group, data.val, config, group_rows, log=console.print)
         if report is not None:
             parity[group.label] = report
         group.close()
         rows += group_rows
         skipped += group_skipped
-    pair_rows, pairs = time_pairs(settings, images, class_names=list(data.labeled.categories.names), log=console.print)
+    pair_rows, pairs = time_pairs(settings, images, class_names=list(data.labeled.categories.names), log=console.print,
+                                  on_row=keep)
     rows += pair_rows
     add_speedups(rows, "torch-fp32")
     if any(r["runner"] == "torch-cuda-fp32" for r in rows):
@@ -193,7 +213,6 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     if over:  # a peak measured while something else loaded the machine: fractions are not trustworthy
         console.print(f"[yellow]warning[/yellow]: {', '.join(over)} ran faster than the measured peak; the peaks "
                       "were measured under load. Re-run bench on an idle machine.", soft_wrap=True)
-    out = out or run_dir / "bench" / "latency.json"
     # rows of the artifact's runners name their files relative to it
     result = {"format": "sskd-deploy/bench", "version": 2, "settings": settings.model_dump(mode="json"),
               "artifact": None if artifact_dir is None else str(Path(artifact_dir).absolute()),
@@ -204,6 +223,7 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
                                            duration_s, console)
         result["settings"].update(concurrency=concurrency or [1], duration_s=duration_s)
     write_outputs(result, out)
+    partial.unlink(missing_ok=True)
     print_bench(result, console)
     console.print(f"wrote {out}, {out.with_suffix('.csv')} and the plots {', '.join(result['plots'].values())}")
     broken = [f"{label}: {r['runner']}" for label, report in parity.items() for r in report["rows"]

@@ -118,7 +118,10 @@ def test_plots_are_pngs(tmp_path) -> None:
 
 def test_bench_settings_are_validated() -> None:
     assert BenchConfig(batches=(4, 1, 2)).batches == (1, 2, 4)
-    for bad in ({"batches": ()}, {"batches": (1, 1)}, {"batches": (0,)}, {"gpu_dtypes": ("fp8",)},
+    # a bare on/off from --set arrives as a YAML boolean
+    assert BenchConfig(torchao=False).torchao == "off" and BenchConfig(triton=True).triton == "on"
+    for bad in ({"batches": ()}, {"batches": (1, 1)}, {"batches": (0,)}, {"gpu_dtypes": ("fp8",)}, {"compile_dtypes": ("bf16", "bf16")},
+                {"compile_mode": "fastest"}, {"torchao": "maybe"},
                 {"pairs": (("teacher-tiny",),)}, {"threads": 0}):
         with pytest.raises(ValidationError):
             BenchConfig(**bad)
@@ -155,3 +158,28 @@ def test_cli_keeps_numpy_blas_to_one_thread_unless_told(monkeypatch) -> None:
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")  # the user's choice stands
     assert main(["version"]) == 0
     assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+
+
+def test_gpu_check_summary_reads_finished_and_stopped_steps(tmp_path) -> None:
+    """A bench step stopped by its time limit still counts its measured rows (partial), training speed
+    comes from metrics.jsonl without the first (start-up) window."""
+    import json
+
+    from sskd_deploy.bench.gpu_check import summarise
+
+    (tmp_path / "steps.tsv").write_text("train_s\tok\t50\nbench_compiled\ttimed out\t90\n")
+    metrics = tmp_path / "train_s" / "train" / "supervised" / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    lines = [{"step": 10 * i, "step_seconds": 0.5, "samples_per_second": s, "cuda_peak_mib": m, "loss": 1.0}
+             for i, (s, m) in enumerate([(2.0, 900.0), (8.0, 1000.0), (10.0, 1000.0), (12.0, 1000.0)], start=1)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in [*lines, {"step": 40, "val_ap": 1.0}]))
+    row = {"model": "m", "runner": "torch-cuda-compiled-bf16", "batch": 1, "p50_ms": 3.0, "throughput_ips": 300.0,
+           "compile_s": 41.0}
+    (tmp_path / "bench_compiled").mkdir()
+    (tmp_path / "bench_compiled" / "latency.partial.jsonl").write_text(json.dumps(row) + "\n")
+    summary = summarise(tmp_path)
+    assert summary["training"]["s"] == {"stage": "supervised", "steps": 40, "samples_per_second": 10.0,
+                                        "cuda_peak_mib": 1000.0, "seconds": None, "final_loss": 1.0}
+    assert summary["bench"]["compiled"]["complete"] is False and summary["bench"]["compiled"]["rows"] == [row]
+    text = (tmp_path / "summary.md").read_text()
+    assert "| bench_compiled | timed out | 90.0 |" in text and "compiled (partial)" in text and "| 41.0 |" in text

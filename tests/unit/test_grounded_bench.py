@@ -125,3 +125,4 @@ def test_bench_command_writes_the_pair_split_and_torchao_parity(weights, tmp_pat
     else:
         assert runners == {"torch-fp32"} and any(s["runner"] == "torchao-int8" for s in result["skipped"])
     assert "compile_s,ap_drop" in out.with_suffix(".csv").read_text().splitlines()[0]
+    assert not out.with_name("latency.partial.jsonl").exists()  # removed once the full result is written
