@@ -228,8 +228,11 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     console.print(f"wrote {out}, {out.with_suffix('.csv')} and the plots {', '.join(result['plots'].values())}")
     broken = [f"{label}: {r['runner']}" for label, report in parity.items() for r in report["rows"]
               if not r.get("ok", True)]
-    if broken:
+    if broken and settings.torchao == "on":  # asked for: the gate holds, as export's does
         raise SSKDError(f"quantised rows over the AP-drop budget ({', '.join(broken)}): see 'parity' in {out}")
+    if broken:  # rows added because torchao happened to be installed: reported, not fatal
+        console.print(f"[yellow]warning[/yellow]: over the AP-drop budget: {', '.join(broken)} (bench.torchao: on "
+                      "makes this an error)", soft_wrap=True)
     return result
 
 

@@ -126,3 +126,31 @@ def test_bench_command_writes_the_pair_split_and_torchao_parity(weights, tmp_pat
         assert runners == {"torch-fp32"} and any(s["runner"] == "torchao-int8" for s in result["skipped"])
     assert "compile_s,ap_drop" in out.with_suffix(".csv").read_text().splitlines()[0]
     assert not out.with_name("latency.partial.jsonl").exists()  # removed once the full result is written
+
+
+def test_torchao_gate_fails_bench_only_when_torchao_is_asked_for(tmp_path, monkeypatch) -> None:
+    from sskd_deploy.cli import main
+    from sskd_deploy.export import parity
+    from sskd_deploy.runtime.torchao_runner import torchao_unavailable
+
+    if torchao_unavailable() is not None:
+        pytest.skip(f"torchao unavailable: {torchao_unavailable()}")
+    real = parity.compare_runners
+
+    def over_budget(*args, **kwargs):  # the real comparison, then every row over its budget
+        report = real(*args, **kwargs)
+        for row in report["rows"][1:]:
+            row["ok"] = False
+        return report
+
+    monkeypatch.setattr(parity, "compare_runners", over_budget)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench_models, "cuda_available", lambda: False)
+    base = ["bench", "--model", "student-tiny", "--input-size", "64x96", "--batch", "1", "--iters", "1", "--warmup", "0",
+            "--no-compile", "--no-roofline", "--no-pairs", "--threads", "1"]
+    sets = ["data.root=ds", "data.synth.num_train=4", "data.synth.num_val=2", "data.synth.image_size=[64,96]",
+            "run.out_dir=out", "bench.onnx=false", "bench.parity_images=2"]
+    args = [*base, *(a for s in sets for a in ("--set", s))]
+    assert main([*args, "--out", str(tmp_path / "auto.json"), "--set", "bench.torchao=auto"]) == 0
+    assert main([*args, "--out", str(tmp_path / "on.json"), "--set", "bench.torchao=on"]) == 2
+    assert (tmp_path / "on.json").is_file()  # the results are written before the gate fails
