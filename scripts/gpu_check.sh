@@ -136,7 +136,7 @@ bench() {  # bench NAME LIMIT ARGS...
   local name="$1" limit="$2"; shift 2
   run_step "bench_$name" "$limit" "${SSKD[@]}" bench --out "$OUT/bench_$name/latency.json" \
     --set "run.out_dir=$OUT/bench_run" $DATA --iters "$ITERS" --warmup "$WARMUP" --threads "$THREADS" --set "bench.cpu=$CPU_ROWS" \
-    --set bench.onnx=false "$@"
+    --set bench.onnx=false --set bench.keep_going=true "$@"
 }
 bench eager "$LIMIT_EAGER" --model "$STUDENT" --model "$TEACHER" --input-size "$SIZE" --batch "$BATCHES" \
   --no-pairs --no-compile --set bench.torchao=off --roofline

@@ -41,6 +41,9 @@ class BenchConfig(Section):
     # The paper's 800x1333, rounded up to the mask stride (4); Swin pads 1333 to 1336 itself, so the
     # cost is the same. SAM2 sees the frame resized to its own image_size (1024 in the published config).
     grounded_input_size: tuple[Count, Count] = (800, 1336)
+    # A runner that raises while being timed: false stops bench (the default); true records it under
+    # `skipped` with the error and times the others (a one-shot GPU run keeps every other row).
+    keep_going: bool = False
     # Main job only: serve the artifact on Triton (loopback, free ports), check parity through it and
     # load-test it. auto: when a Triton install is found; on: a missing install is an error.
     triton: Literal["auto", "on", "off"] = "auto"

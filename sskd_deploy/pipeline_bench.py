@@ -45,8 +45,16 @@ def time_group(group: ModelGroup, images: list, settings: BenchConfig, *, batche
                                 "reason": f"batch {batch} exceeds the runner's maximum {runner.max_batch}"})
                 continue
             calls = len(getattr(runner, "stage_times", []))
-            samples = time_stages(runner, images[:batch], iters=settings.iters, warmup=settings.warmup,
-                                  score_threshold=settings.score_threshold)
+            try:
+                samples = time_stages(runner, images[:batch], iters=settings.iters, warmup=settings.warmup,
+                                      score_threshold=settings.score_threshold)
+            except Exception as err:  # noqa: BLE001 - recorded with its type and message, never silent
+                if not settings.keep_going:
+                    raise
+                reason = f"failed at batch {batch}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                skipped.append({"model": group.label, "runner": name, "reason": reason})
+                log(f"  [red]{name} batch {batch} failed[/red] (bench.keep_going): {type(err).__name__}")
+                continue
             info = runner.info.to_dict()
             row = {"model": group.label, **info, "path": group.recorded_path(info["path"]), "runner": name,
                    "batch": batch, "threads": settings.threads, "gflops_per_image": group.gflops_per_image,

@@ -9,8 +9,9 @@ The deploy wrapper's network is quantised in place by ``torchao.quantization.qua
   scaled FP8 activations; needs FP8 tensor cores, i.e. CUDA compute capability 8.9 or newer
   (Ada, Hopper, Blackwell). :func:`torchao_schemes` offers it only there.
 
-torchao swaps the weights of ``nn.Linear`` layers (the default filter); convolutions, norms and the
-selection tail stay in FP32. The quantised module is then ``torch.compile``'d, which is what turns
+torchao swaps the weights of ``nn.Linear`` layers whose input and output widths are multiples of
+16 (:func:`quantizable`: what the INT8 and FP8 matmul kernels take; a 7-way class head is not);
+convolutions, norms, the other layers and the selection tail stay in FP32. The quantised module is then ``torch.compile``'d, which is what turns
 torchao's tensor subclasses into fused kernels; the first call per batch size compiles and its time
 is kept in ``compile_seconds`` like :class:`~sskd_deploy.runtime.torch_runner.TorchRunner`.
 
@@ -88,6 +89,15 @@ def quantization_config(scheme: str) -> Any:
     return getattr(quantization, SCHEMES[scheme])()
 
 
+KERNEL_MULTIPLE = 16
+
+
+def quantizable(module: torch.nn.Module, fqn: str = "") -> bool:
+    """The ``filter_fn`` given to ``quantize_``: linear layers the low-precision kernels can take."""
+    return (isinstance(module, torch.nn.Linear) and module.in_features % KERNEL_MULTIPLE == 0
+            and module.out_features % KERNEL_MULTIPLE == 0)
+
+
 class TorchaoRunner:
     """A copy of ``wrapper`` with its network quantised by torchao, optionally compiled.
 
@@ -113,7 +123,9 @@ class TorchaoRunner:
         self.device = torch.device(device)
         # a copy: the FP32 rows beside this one keep their weights
         self.wrapper = copy.deepcopy(wrapper).eval().to(self.device)
-        quantize_(self.wrapper.model, quantization_config(scheme))
+        linears = [m for m in self.wrapper.model.modules() if isinstance(m, torch.nn.Linear)]
+        quantize_(self.wrapper.model, quantization_config(scheme), filter_fn=quantizable)
+        kept = sum(1 for m in linears if type(m.weight) is torch.nn.Parameter)
         self.spec = wrapper.spec
         self.max_batch = int(max_batch)
         mode = None if compile_mode == "default" else compile_mode
@@ -122,7 +134,7 @@ class TorchaoRunner:
         self.compile_seconds: dict[int, float] = {}
         details: dict[str, Any] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
                                    "torchao": _version(), "config": SCHEMES[scheme],
-                                   "quantized": "nn.Linear weights and activations"}
+                                   "quantized_linears": len(linears) - kept, "fp32_linears": kept}
         if compile:
             details["compile_mode"] = compile_mode
         self.info = RunnerInfo(name=name or f"torchao-{scheme}", backend="torchao", precision=PRECISION[scheme],

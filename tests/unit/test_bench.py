@@ -183,3 +183,22 @@ def test_gpu_check_summary_reads_finished_and_stopped_steps(tmp_path) -> None:
     assert summary["bench"]["compiled"]["complete"] is False and summary["bench"]["compiled"]["rows"] == [row]
     text = (tmp_path / "summary.md").read_text()
     assert "| bench_compiled | timed out | 90.0 |" in text and "compiled (partial)" in text and "| 41.0 |" in text
+
+
+def test_keep_going_records_a_failing_runner_and_times_the_rest() -> None:
+    from sskd_deploy.bench.models import ModelGroup
+    from sskd_deploy.pipeline_bench import time_group
+
+    class Broken(SlowStartRunner):
+        def run(self, images):
+            raise RuntimeError("CUDA error: no kernel image\nmore")
+
+    group = ModelGroup(label="m", spec=SPEC, runners={"broken": Broken(), "fine": SlowStartRunner()},
+                       gflops_per_image=1.0, parameters=1)
+    with pytest.raises(RuntimeError, match="no kernel image"):
+        time_group(group, _images(1), BenchConfig(iters=1, warmup=0), batches=[1], log=lambda _: None)
+    rows, skipped = time_group(group, _images(1), BenchConfig(iters=1, warmup=0, keep_going=True), batches=[1],
+                               log=lambda _: None)
+    assert [r["runner"] for r in rows] == ["fine"]
+    assert skipped == [{"model": "m", "runner": "broken",
+                        "reason": "failed at batch 1: RuntimeError: CUDA error: no kernel image"}]

@@ -128,8 +128,11 @@ def test_torchao_int8_runs_on_the_cpu_close_to_fp32(wrapper) -> None:
     assert runner.info.details["config"] == "Int8DynamicActivationInt8WeightConfig"
     assert [a.shape for a in got] == [a.shape for a in ref] and [a.dtype for a in got] == [a.dtype for a in ref]
     assert np.abs(got[0] - ref[0]).max() < 0.1  # scores of a random model move a little under INT8
-    kinds = [type(m.weight).__name__ for m in runner.wrapper.model.modules() if isinstance(m, torch.nn.Linear)]
-    assert kinds.count("Int8Tensor") > len(kinds) // 2  # torchao leaves layers it has no kernel shape for
+    linears = [m for m in runner.wrapper.model.modules() if isinstance(m, torch.nn.Linear)]
+    swapped = [m for m in linears if type(m.weight) is not torch.nn.Parameter]
+    assert swapped and all(torchao_runner.quantizable(m) for m in swapped)
+    assert runner.info.details["quantized_linears"] == len(swapped) and runner.info.details["fp32_linears"] == \
+        len(linears) - len(swapped) > 0  # the 3-way class head among them
     untouched = [type(m.weight).__name__ for m in wrapper.model.modules() if isinstance(m, torch.nn.Linear)]
     assert set(untouched) == {"Parameter"}  # the FP32 rows keep their weights
     with pytest.raises(ValueError, match="8.9"):
