@@ -154,3 +154,16 @@ def test_torchao_gate_fails_bench_only_when_torchao_is_asked_for(tmp_path, monke
     assert main([*args, "--out", str(tmp_path / "auto.json"), "--set", "bench.torchao=auto"]) == 0
     assert main([*args, "--out", str(tmp_path / "on.json"), "--set", "bench.torchao=on"]) == 2
     assert (tmp_path / "on.json").is_file()  # the results are written before the gate fails
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_grounded_rows_on_cuda_split_time_with_events(weights) -> None:
+    group = grounded_group(str(weights), class_names=CLASSES, input_size=(64, 96),
+                           options=RowOptions(threads=1, gpu_dtypes=("tf32", "fp16", "bf16")))
+    assert list(group.runners) == ["torch-cuda-fp32", "torch-cuda-tf32", "torch-cuda-fp16", "torch-cuda-bf16"]
+    images = np.random.default_rng(0).integers(0, 256, (1, 3, 64, 96), dtype=np.uint8)
+    for runner in group.runners.values():
+        scores, _, logits = runner.run(images)
+        assert np.isfinite(scores).all() and np.isfinite(logits).all(), runner.info.name
+        assert set(runner.stage_times[-1]) == set(STAGES) and all(v > 0 for v in runner.stage_times[-1].values())
