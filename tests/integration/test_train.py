@@ -79,6 +79,11 @@ def test_all_stages_write_their_outputs(trained) -> None:
     assert "pxl" not in last and "semi" not in last
     assert (run / "train" / "config.yaml").is_file()
     assert len(list((run / "train" / "pseudo").glob("*/pseudo_labels.json"))) == 2  # after 1a and after 1b
+    # the shipped teacher, sliced to the data's names, is scored zero-shot before stage 1a trains
+    zero_shot = json.loads((run / "train" / "teacher_1a" / "zero_shot_eval.json").read_text())
+    first = json.loads((run / "train" / "teacher_1a" / "complete.json").read_text())
+    assert zero_shot["classes"] == ["disc", "box", "triangle", "star", "ring", "cross"]
+    assert first["zero_shot_ap"] == pytest.approx(zero_shot["ap"])
 
 
 @pytest.mark.slow
@@ -127,6 +132,23 @@ def _coco_user_data(root: Path) -> None:
     folder.mkdir()
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (60 + i, 80, 3), dtype=np.uint8)).convert(modes[i]).save(folder / f"u{i}.png")
+
+
+def test_class_names_outside_the_shipped_teachers_vocabulary_are_refused(tmp_path: Path, capsys) -> None:
+    _coco_user_data(tmp_path)
+    config = tmp_path / "user.yaml"
+    config.write_text(f"""
+run: {{out_dir: {tmp_path / "run"}}}
+data:
+  labeled: {{kind: coco, path: {tmp_path / "labeled.json"}, images: {tmp_path}}}
+  val: {{kind: coco, path: {tmp_path / "val.json"}, images: {tmp_path}}}
+  unlabeled: {{kind: folder, path: {tmp_path / "unlabeled"}}}
+train: {{input_size: [64, 96], device: cpu}}
+""")
+    assert main(["train", "--config", str(config), "--stages", "teacher_1a"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher-tiny.safetensors" in err and "'bolt'" in err and "hexagon" in err and "teacher_weights: null" in err
+    assert not (tmp_path / "run" / "train" / "teacher_1a" / "complete.json").exists()
 
 
 def test_user_coco_data_sizes_the_heads(tmp_path: Path) -> None:
