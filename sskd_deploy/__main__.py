@@ -4,4 +4,5 @@ import sys
 
 from sskd_deploy.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (e.g. walking the package) must not run the CLI
+    sys.exit(main())
