@@ -51,7 +51,7 @@ from sskd_deploy.models.matcher import HungarianMatcher
 from sskd_deploy.models.weights import save_encoder_as_dinov2
 from sskd_deploy.provenance import environment, library_versions
 from sskd_deploy.spec import IOSpec
-from sskd_deploy.training.context import COMPLETE, mark_complete, read_complete
+from sskd_deploy.training.context import mark_complete, read_complete
 from sskd_deploy.training.data import Sample, _chw, collate_samples, instance_id_map
 from sskd_deploy.training.logging import plot_curves
 from sskd_deploy.training.loop import LoopConfig, train_loop
