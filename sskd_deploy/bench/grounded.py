@@ -28,7 +28,7 @@ import torch
 
 from sskd_deploy.bench.models import ModelGroup, RowOptions, cuda_available
 from sskd_deploy.runtime.base import Outputs, RunnerInfo, check_images, check_outputs
-from sskd_deploy.runtime.torch_runner import AUTOCAST
+from sskd_deploy.runtime.torch_runner import AUTOCAST, inference_precision
 from sskd_deploy.spec import IOSpec
 
 PUBLISHED_NAMES = ("grounded-sam2", "grounded-sam2-l")
@@ -93,19 +93,12 @@ class GroundedSam2Runner:
 
     def run(self, images: np.ndarray) -> Outputs:
         images = check_images(self.spec, images, max_batch=self.max_batch)
-        previous = torch.get_float32_matmul_precision()
-        if self._matmul_precision is not None:
-            torch.set_float32_matmul_precision(self._matmul_precision)
-        try:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._autocast,
-                                                         enabled=self._autocast is not None):
-                clock = StageClock(self.device)
-                out = self.teacher.predict_queries(torch.from_numpy(images).to(self.device), on_stage=clock.mark)
-                scores, labels = out["class_prob"][..., :-1].float().max(dim=-1)
-                arrays = [scores.cpu().numpy(), labels.cpu().numpy(), out["mask_logits"].float().cpu().numpy()]
-                self.stage_times.append(clock.finish())
-        finally:
-            torch.set_float32_matmul_precision(previous)
+        with inference_precision(self.device, self._autocast, self._matmul_precision):
+            clock = StageClock(self.device)
+            out = self.teacher.predict_queries(torch.from_numpy(images).to(self.device), on_stage=clock.mark)
+            scores, labels = out["class_prob"][..., :-1].float().max(dim=-1)
+            arrays = [scores.cpu().numpy(), labels.cpu().numpy(), out["mask_logits"].float().cpu().numpy()]
+            self.stage_times.append(clock.finish())
         return check_outputs(self.spec, arrays, images.shape[0])
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ in :attr:`TorchRunner.compile_seconds` so a benchmark reports compilation apart 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,20 @@ from sskd_deploy.runtime.base import Outputs, RunnerInfo, check_images, check_ou
 DEFAULT_MAX_BATCH = 64
 AUTOCAST = {"fp32": None, "tf32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@contextmanager
+def inference_precision(device: torch.device, autocast: Any, matmul_precision: str | None) -> Iterator[None]:
+    """Inference mode under ``autocast`` (a dtype, or None for off) and, when given, a float32 matmul
+    precision ("high": TF32) set for the block only and restored afterwards."""
+    previous = torch.get_float32_matmul_precision()
+    if matmul_precision is not None:
+        torch.set_float32_matmul_precision(matmul_precision)
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 class TorchRunner:
@@ -85,19 +101,12 @@ class TorchRunner:
         images = check_images(self.spec, images, max_batch=self.max_batch)
         first = self.compiled and images.shape[0] not in self.compile_seconds
         start = time.perf_counter()
-        previous = torch.get_float32_matmul_precision()
-        if self._matmul_precision is not None:
-            torch.set_float32_matmul_precision(self._matmul_precision)
-        try:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._autocast,
-                                                         enabled=self._autocast is not None):
-                outputs = self._forward(torch.from_numpy(images).to(self.device))
-                # the copy to the host waits for the device; under CUDA graphs it also takes the
-                # outputs out of the graph's memory before the next replay overwrites them
-                arrays = [t.detach().float().to("cpu").numpy() if t.is_floating_point()
-                          else t.detach().to("cpu").numpy() for t in outputs]
-        finally:
-            torch.set_float32_matmul_precision(previous)
+        with inference_precision(self.device, self._autocast, self._matmul_precision):
+            outputs = self._forward(torch.from_numpy(images).to(self.device))
+            # the copy to the host waits for the device; under CUDA graphs it also takes the
+            # outputs out of the graph's memory before the next replay overwrites them
+            arrays = [t.detach().float().to("cpu").numpy() if t.is_floating_point()
+                      else t.detach().to("cpu").numpy() for t in outputs]
         if first:
             self.compile_seconds[images.shape[0]] = time.perf_counter() - start
         return check_outputs(self.spec, arrays, images.shape[0])

@@ -134,17 +134,23 @@ def _coco_user_data(root: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (60 + i, 80, 3), dtype=np.uint8)).convert(modes[i]).save(folder / f"u{i}.png")
 
 
-def test_class_names_outside_the_shipped_teachers_vocabulary_are_refused(tmp_path: Path, capsys) -> None:
-    _coco_user_data(tmp_path)
-    config = tmp_path / "user.yaml"
+def _user_config(root: Path, train: str) -> Path:
+    """A config training on :func:`_coco_user_data` under ``root`` with the ``train:`` section ``train``."""
+    _coco_user_data(root)
+    config = root / "user.yaml"
     config.write_text(f"""
-run: {{out_dir: {tmp_path / "run"}}}
+run: {{out_dir: {root / "run"}}}
 data:
-  labeled: {{kind: coco, path: {tmp_path / "labeled.json"}, images: {tmp_path}}}
-  val: {{kind: coco, path: {tmp_path / "val.json"}, images: {tmp_path}}}
-  unlabeled: {{kind: folder, path: {tmp_path / "unlabeled"}}}
-train: {{input_size: [64, 96], device: cpu}}
-""")
+  labeled: {{kind: coco, path: {root / "labeled.json"}, images: {root}}}
+  val: {{kind: coco, path: {root / "val.json"}, images: {root}}}
+  unlabeled: {{kind: folder, path: {root / "unlabeled"}}}
+train:
+{train}""")
+    return config
+
+
+def test_class_names_outside_the_shipped_teachers_vocabulary_are_refused(tmp_path: Path, capsys) -> None:
+    config = _user_config(tmp_path, "  input_size: [64, 96]\n  device: cpu\n")
     assert main(["train", "--config", str(config), "--stages", "teacher_1a"]) == 2
     err = capsys.readouterr().err
     assert "teacher-tiny.safetensors" in err and "'bolt'" in err and "hexagon" in err and "teacher_weights: null" in err
@@ -154,18 +160,9 @@ train: {{input_size: [64, 96], device: cpu}}
 def test_user_coco_data_sizes_the_heads(tmp_path: Path) -> None:
     from sskd_deploy.models.checkpoint import read_checkpoint
 
-    _coco_user_data(tmp_path)
-    config = tmp_path / "user.yaml"
-    config.write_text(f"""
-run: {{out_dir: {tmp_path / "run"}}}
-data:
-  labeled: {{kind: coco, path: {tmp_path / "labeled.json"}, images: {tmp_path}}}
-  val: {{kind: coco, path: {tmp_path / "val.json"}, images: {tmp_path}}}
-  unlabeled: {{kind: folder, path: {tmp_path / "unlabeled"}}}
-train:
-  input_size: [64, 96]
-  supervised: {{steps: 2, batch_size: 2, lr: 0.0001}}
-  optim: {{warmup_steps: 1}}
+    config = _user_config(tmp_path, """  input_size: [64, 96]
+  supervised: {steps: 2, batch_size: 2, lr: 0.0001}
+  optim: {warmup_steps: 1}
   device: cpu
 """)
     assert main(["train", "--config", str(config), "--stages", "supervised"]) == 0
