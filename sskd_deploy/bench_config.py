@@ -36,6 +36,12 @@ class BenchConfig(Section):
     # torchao INT8 (dynamic activations, INT8 weights) and, on CUDA with compute capability >= 8.9, FP8
     # rows: auto when torchao is installed (`pip install .[torchao]`), on: its absence is an error.
     torchao: Literal["auto", "on", "off"] = "auto"
+    # OpenVINO rows (FP32, BF16, NNCF INT8, OpenVINO on the symmetric Q/DQ graph) for the artifact and
+    # presets: auto when the [openvino] extra is installed, on: its absence is an error.
+    openvino: Literal["auto", "on", "off"] = "auto"
+    # Runners whose top ops by time are written (profile_<runner>.json, shown in the report): ONNX
+    # Runtime's profiler or OpenVINO's performance counters, batch 1, first model group that has the runner.
+    profile: tuple[str, ...] = ()
     parity_images: Annotated[int, Strict(), Field(ge=0)] = 32  # val images for the torchao rows' AP drop (0: none)
     # Grounded-SAM2 as a pair's teacher (`--pair grounded-sam2:student-s`): the frame Grounding DINO sees.
     # The paper's 800x1333, rounded up to the mask stride (4); Swin pads 1333 to 1336 itself, so the
@@ -50,7 +56,7 @@ class BenchConfig(Section):
     triton_concurrency: tuple[Count, ...] = (1, 4)  # closed-loop load levels
     triton_duration_s: Annotated[float, Strict(), Field(gt=0)] = 5.0  # seconds per level
 
-    @field_validator("torchao", "triton", mode="before")
+    @field_validator("torchao", "triton", "openvino", mode="before")
     @classmethod
     def _switch(cls, value: object) -> object:
         # YAML 1.1 reads a bare on/off (as `--set bench.torchao=off` gives) as a boolean

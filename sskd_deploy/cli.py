@@ -260,6 +260,7 @@ def bench(
     triton_model: Annotated[Optional[str], typer.Option(help="Served model name (default: the only one).")] = None,
     concurrency: Annotated[str, typer.Option(help="Triton: requests in flight per level, e.g. 1,4,8.")] = "1,4,8",
     duration: Annotated[float, typer.Option(help="Triton: seconds per concurrency level.")] = 10.0,
+    profile: Annotated[Optional[list[str]], typer.Option(help="Write the top ops by time of this runner (e.g. onnxruntime-int8, openvino-int8), batch 1 (repeatable).")] = None,
 ) -> None:
     """Latency (p50/p90/p99, pre/infer/post) and throughput of every runner at every batch size, % of the
     measured FP32/INT8 peak, teacher/student pairs, plots; with --triton, the served model under load."""
@@ -276,7 +277,7 @@ def bench(
         raise typer.BadParameter(f"--duration must be positive, got {duration}")
     flags = {"bench.batches": batches, "bench.threads": threads, "bench.iters": iters, "bench.warmup": warmup,
              "bench.compile": compile_, "bench.roofline": roofline, "bench.models": model or None,
-             "bench.pairs": [] if no_pairs else pairs,
+             "bench.pairs": [] if no_pairs else pairs, "bench.profile": profile or None,
              "bench.input_size": None if input_size is None else list(_parse_size(input_size))}
     overrides = [*(set_ or []), *(f"{k}={_yaml_value(v)}" for k, v in flags.items() if v is not None)]
     bench_command(_load_config(config, overrides), artifact_dir, out=out, console=_console(), triton=triton,

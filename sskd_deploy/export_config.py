@@ -53,6 +53,9 @@ class ExportConfig(Section):
     fp16: bool = True
     mixed_precision: bool = True  # keep the most AP-sensitive blocks in float until budgets.int8_ap holds
     tensorrt: Switch = "auto"  # auto: build engines when TensorRT and a GPU are present
+    # OpenVINO: NNCF INT8 IRs in the artifact and OpenVINO rows in the parity gate; auto: when the
+    # [openvino] extra is installed
+    openvino: Switch = "auto"
     verify: bool = True  # run the parity gate after exporting
     threads: Optional[Count] = None  # ONNX Runtime / torch CPU threads for parity (null: library default)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)

@@ -196,7 +196,7 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
         with partial.open("a") as handle:
             handle.write(json.dumps(row, default=str) + "\n")
 
-    rows, skipped, parity = [], [], {}
+    rows, skipped, parity, profiles = [], [], {}, {}
     for build in _groups(config, artifact_dir, sources, num_classes, console):
         group = build()
         h, w = group.spec.input_size
@@ -204,6 +204,7 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
                       f"batches {list(settings.batches)}, {settings.threads} threads", soft_wrap=True)
         group_rows, group_skipped = time_group(group, images, settings, batches=settings.batches, log=console.print,
                                                on_row=keep)
+        profiles.update(profile_group(group, images, settings, out, done=profiles, log=console.print))
         report = quantized_parity(group, data.val, config, group_rows, log=console.print)
         if report is not None:
             parity[group.label] = report
@@ -225,7 +226,12 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     result = {"format": "sskd-deploy/bench", "version": 2, "settings": settings.model_dump(mode="json"),
               "artifact": None if artifact_dir is None else str(Path(artifact_dir).absolute()),
               "environment": bench_environment(), "versions": library_versions(), "peaks": peaks, "rows": rows,
-              "pairs": pairs, "skipped": skipped, "parity": parity, "plots": write_plots(rows, pairs, peaks, out)}
+              "pairs": pairs, "skipped": skipped, "parity": parity, "profiles": profiles,
+              "plots": write_plots(rows, pairs, peaks, out)}
+    missing = sorted(set(settings.profile) - set(profiles))
+    if missing:
+        console.print(f"[yellow]warning[/yellow]: --profile {', '.join(missing)}: no such runner was timed "
+                      f"(runners: {', '.join(sorted({r['runner'] for r in rows}))})", soft_wrap=True)
     if triton is not None:
         result["triton"] = _triton_section(triton, triton_model, artifact_dir, sources, settings, concurrency,
                                            duration_s, console)
@@ -242,6 +248,29 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
         console.print(f"[yellow]warning[/yellow]: over the AP-drop budget: {', '.join(broken)} (bench.torchao: on "
                       "makes this an error)", soft_wrap=True)
     return result
+
+
+def profile_group(group: ModelGroup, images: list, settings: BenchConfig, out: Path, *, done: dict,
+                  log) -> dict[str, dict[str, Any]]:
+    """Profile the runners of ``group`` named in ``bench.profile`` (batch 1; each runner name once, in the
+    first group that has it); writes ``profile_<runner>.json`` beside ``out`` and returns the summaries."""
+    from sskd_deploy.bench.op_profile import profile_runner
+    from sskd_deploy.preprocess import preprocess_batch
+
+    found = {}
+    for name in settings.profile:
+        runner = group.runners.get(name)
+        if runner is None or name in done:
+            continue
+        batch, _ = preprocess_batch(images[:1], group.spec.input_size)
+        profile = profile_runner(runner, batch, threads=settings.threads)
+        profile["model"], profile["path"] = group.label, group.recorded_path(profile["path"])
+        path = out.with_name(f"profile_{name}.json")
+        atomic_write_json(path, profile, indent=2)
+        found[name] = {**profile, "file": path.name}
+        top = ", ".join(f"{r['op_type']} {r['ms']:.1f} ms ({r['percent']:.0f}%)" for r in profile["by_op_type"][:5])
+        log(f"  profile {name}: {profile['total_ms']:.1f} ms of kernels per call; top: {top} -> {path.name}")
+    return found
 
 
 def quantized_parity(group: ModelGroup, val, config: Config, rows: list[dict], *, log) -> dict | None:

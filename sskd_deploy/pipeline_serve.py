@@ -22,14 +22,18 @@ if TYPE_CHECKING:
 
 GRAPH_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
                "mixed": "model_int8_mixed.onnx"}
+# The INT8 graphs TensorRT takes (symmetric S8, its rules): what the ONNX form serves when the TensorRT
+# execution accelerator builds its engine from it (the U8 CPU graph is for ONNX Runtime on x86).
+TENSORRT_GRAPH_FILES = {"int8": "model_int8_tensorrt.onnx", "mixed": "model_int8_tensorrt_mixed.onnx"}
 
 
 def default_artifact(config: Config) -> Path:
     return Path(config.export.out_dir) if config.export.out_dir else Path(config.run.out_dir) / "export"
 
 
-def served_graph(artifact_dir: Path, precision: str) -> ServedGraph:
-    """The artifact's graph (and engine) of ``precision``, hash-checked against its manifest."""
+def served_graph(artifact_dir: Path, precision: str, *, tensorrt: bool = False) -> ServedGraph:
+    """The artifact's graph (and engine) of ``precision``, hash-checked against its manifest; ``tensorrt``:
+    the INT8 graph made for TensorRT (the ONNX form with the TensorRT accelerator) instead of the CPU one."""
     from sskd_deploy.export.artifact import check_graph_spec, read_manifest, verified_file
     from sskd_deploy.runtime.onnx_metadata import load_onnx, read_onnx_spec
     from sskd_deploy.serving.repository import ServedGraph
@@ -37,6 +41,8 @@ def served_graph(artifact_dir: Path, precision: str) -> ServedGraph:
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     name = GRAPH_FILES[precision]
+    if tensorrt and TENSORRT_GRAPH_FILES.get(precision) in manifest["files"]:
+        name = TENSORRT_GRAPH_FILES[precision]
     if name not in manifest["files"]:
         have = ", ".join(p for p, f in GRAPH_FILES.items() if f in manifest["files"])
         raise InputError(artifact_dir, f"has no {precision} graph ({name}); it has: {have}. Choose one with "
@@ -59,7 +65,7 @@ def prepare_server(config: Config, artifact_dir: Path | None, *, console: Consol
     from sskd_deploy.serving.server import TritonServer, choose_form, free_port, locate_triton
 
     s = config.serve
-    graph = served_graph(artifact_dir or default_artifact(config), s.precision)
+    graph = served_graph(artifact_dir or default_artifact(config), s.precision, tensorrt=s.tensorrt_accelerator)
     repo = generate_repository(graph, s)
     console.print(f"{'generated' if repo['regenerated'] else 'up to date'}: model repository {s.repository} "
                   f"({', '.join(m['name'] for m in repo['models'].values())})")
@@ -153,6 +159,20 @@ def predict_command(url: str, inputs: list[Path], *, out: Path, model: str | Non
     return 2 if result.failures else 0
 
 
+def graph_served_by(runner: Any, artifact_dir: Path, url: str) -> ServedGraph:
+    """The artifact graph a Triton model serves, matched by the graph hash in its config: the CPU INT8 graph,
+    or TensorRT's when the repository was generated for the TensorRT accelerator. An SSKDError when neither."""
+    served = runner.config.get("parameters", {}).get("graph_sha256", {}).get("string_value")
+    graph = served_graph(artifact_dir, runner.precision)
+    if served != graph.onnx_sha256 and runner.precision in TENSORRT_GRAPH_FILES:
+        alternative = served_graph(artifact_dir, runner.precision, tensorrt=True)
+        graph = alternative if alternative.onnx_sha256 == served else graph
+    if served != graph.onnx_sha256:
+        raise SSKDError(f"{url}: model {runner.model} serves a different {runner.precision} graph than "
+                        f"{graph.onnx} (graph hashes differ); regenerate the repository and restart the server")
+    return graph
+
+
 def verify_triton(artifact_dir: Path, url: str, model: str | None, dataset, config: Config, *,
                   console: Console, report_name: str) -> dict[str, Any]:
     """Mask AP and tensors through the server vs the same graph in-process (ONNX Runtime)."""
@@ -161,10 +181,7 @@ def verify_triton(artifact_dir: Path, url: str, model: str | None, dataset, conf
 
     runner = _connect(url, model, artifact_dir)
     try:
-        graph = served_graph(Path(artifact_dir), runner.precision)
-        if runner.config.get("parameters", {}).get("graph_sha256", {}).get("string_value") != graph.onnx_sha256:
-            raise SSKDError(f"{url}: model {runner.model} serves a different {runner.precision} graph than "
-                            f"{graph.onnx} (graph hashes differ); regenerate the repository and restart the server")
+        graph = graph_served_by(runner, Path(artifact_dir), url)
         local = OrtRunner(graph.onnx, threads=config.export.threads, name=f"onnxruntime-{runner.precision}")
         console.print(f"triton parity: {len(dataset.records)} images of {dataset.name!r}, {runner.model} at {url} "
                       f"vs {local.info.name} in-process")

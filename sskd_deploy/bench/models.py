@@ -70,12 +70,26 @@ class RowOptions:
     compile_dtypes: tuple[str, ...] = ("fp16", "bf16")
     cpu: bool = True
     torchao: str = "off"  # auto | on | off
+    openvino: str = "off"  # auto | on | off: OpenVINO rows (FP32, BF16, NNCF INT8, the symmetric Q/DQ graph)
 
     @classmethod
     def from_settings(cls, settings: Any) -> RowOptions:
         return cls(threads=settings.threads, compile=settings.compile, gpu_dtypes=tuple(settings.gpu_dtypes),
                    compile_mode=settings.compile_mode, compile_dtypes=tuple(settings.compile_dtypes),
-                   cpu=settings.cpu, torchao=settings.torchao)
+                   cpu=settings.cpu, torchao=settings.torchao, openvino=settings.openvino)
+
+    def openvino_rows(self) -> tuple[bool, str | None]:
+        """(whether OpenVINO rows are built, why not when they were asked for or auto found nothing)."""
+        from sskd_deploy.export.artifact import openvino_missing
+
+        if self.openvino == "off" or not self.cpu:
+            return False, None
+        reason = openvino_missing()
+        if reason and self.openvino == "on":
+            from sskd_deploy.errors import SSKDError
+
+            raise SSKDError(f"bench.openvino is 'on' but OpenVINO cannot be used here: {reason}")
+        return reason is None, reason
 
 
 @dataclass(frozen=True)
@@ -186,7 +200,8 @@ def artifact_group(artifact_dir: Path, options: RowOptions) -> ModelGroup:
     gflops, params = _cost(model, checkpoint.spec.input_size)
     wrapper = DeployWrapper(model=model, spec=checkpoint.spec)
     runners, skipped = torch_runners(wrapper, options, path=str(artifact_dir / CHECKPOINT))
-    graphs, graph_skipped = graph_runners(artifact_dir, manifest, options.threads)
+    with_openvino, _ = options.openvino_rows()
+    graphs, graph_skipped = graph_runners(artifact_dir, manifest, options.threads, bench_extras=with_openvino)
     skipped += graph_skipped
     reason = manifest.get("tensorrt", {}).get("skipped")
     if reason and not any(name.startswith("tensorrt") for name in graphs):
@@ -236,19 +251,30 @@ def torch_group(name: str, *, num_classes: int, input_size: Sequence[int] | None
 def preset_group(preset: str, work_dir: Path, *, num_classes: int, options: RowOptions,
                  calibration_images: Sequence[Path], input_size: Sequence[int] | None = None, onnx: bool = True,
                  log: Callable[[str], None] = print) -> ModelGroup:
-    """A preset (or checkpoint) with PyTorch rows plus (``onnx``) ONNX Runtime FP32 and INT8 graphs exported from it."""
+    """A preset (or checkpoint) with PyTorch rows plus (``onnx``) the graphs ``export`` would make of it:
+    ONNX Runtime FP32 and both INT8 graphs, and OpenVINO's rows when ``options`` ask for them."""
     wrapper, label = build_wrapper(preset, num_classes=num_classes, input_size=input_size)
     gflops, params = _cost(wrapper.model, wrapper.spec.input_size)
     runners, skipped = torch_runners(wrapper, options)
     if onnx:
-        runners.update(_onnx_runners(wrapper, label, preset, work_dir, options.threads, calibration_images, log))
+        graphs, graph_skipped = _graph_runners(wrapper, label, preset, work_dir, options, calibration_images, log)
+        runners.update(graphs)
+        skipped += graph_skipped
     return ModelGroup(label=label, spec=wrapper.spec, runners=runners, gflops_per_image=gflops, parameters=params,
                       skipped=skipped)
 
 
-def _onnx_runners(wrapper, label: str, preset: str, work_dir: Path, threads: int,
-                  calibration_images: Sequence[Path], log: Callable[[str], None]) -> dict[str, Runner]:
-    """ONNX Runtime FP32 and INT8 graphs of ``wrapper``, exported once and cached by a hash of its config."""
+# Random weights are badly conditioned: with masked attention a rounding difference can flip a mask
+# cell, so PyTorch's own float32 and float64 differ by 0.9e-3 in score on student-s at 512x1024
+# (measured). The export smoke test of a random-weight graph therefore gets this looser bound; a trained
+# checkpoint keeps the parity gate's 1e-3.
+RANDOM_WEIGHTS_SMOKE_ATOL = 1e-2
+
+
+def _graph_runners(wrapper, label: str, preset: str, work_dir: Path, options: RowOptions,
+                   calibration_images: Sequence[Path], log: Callable[[str], None]) -> tuple[dict[str, Runner], list]:
+    """Runners over the graphs of ``wrapper``, exported once and cached by a hash of its config."""
+    from sskd_deploy.export.artifact import INT8_GRAPHS, OPENVINO_GRAPHS, runner_name
     from sskd_deploy.export.calibration import select_calibration_images
     from sskd_deploy.export.int8 import quantize_int8
     from sskd_deploy.export.onnx_export import export_onnx
@@ -257,13 +283,31 @@ def _onnx_runners(wrapper, label: str, preset: str, work_dir: Path, threads: int
 
     key = hash_bytes(wrapper.model.config.model_dump_json().encode() + label.encode())[:16]
     folder = Path(work_dir) / f"{Path(preset).stem}-{key}"
-    fp32, int8, done = folder / "model_fp32.onnx", folder / "model_int8.onnx", folder / "complete"
+    fp32, done = folder / "model_fp32.onnx", folder / "complete"
+    selection = select_calibration_images(list(calibration_images), count=8, seed=0, min_images=1)
+    common = dict(selection=selection, spec=wrapper.spec, method="minmax", cache_dir=folder / "calibration",
+                  batch_size=1)
     if not done.is_file():
         log(f"{label}: exporting graphs to {folder} (cached for later runs)")
-        export_onnx(wrapper, fp32, checkpoint_sha256=f"bench-{key}")
-        selection = select_calibration_images(list(calibration_images), count=8, seed=0, min_images=1)
-        quantize_int8(fp32, int8, selection=selection, spec=wrapper.spec, method="minmax",
-                      cache_dir=folder / "calibration", batch_size=1)
+        export_onnx(wrapper, fp32, checkpoint_sha256=f"bench-{key}", smoke_atol=RANDOM_WEIGHTS_SMOKE_ATOL)
+        for target, name in INT8_GRAPHS.items():
+            quantize_int8(fp32, folder / name, target=target, **common)
         atomic_write_text(done, "ok\n")
-    return {"onnxruntime-fp32": OrtRunner(fp32, threads=threads, name="onnxruntime-fp32"),
-            "onnxruntime-int8": OrtRunner(int8, threads=threads, name="onnxruntime-int8")}
+    runners: dict[str, Runner] = {"onnxruntime-fp32": OrtRunner(fp32, threads=options.threads, name="onnxruntime-fp32")}
+    for target, name in INT8_GRAPHS.items():
+        runner = runner_name("onnxruntime", {"precision": "int8", "target": target})
+        runners[runner] = OrtRunner(folder / name, threads=options.threads, name=runner)
+    with_openvino, reason = options.openvino_rows()
+    if not with_openvino:
+        return runners, [{"runner": "openvino-*", "reason": reason}] if reason else []
+    from sskd_deploy.export.openvino_int8 import quantize_openvino
+    from sskd_deploy.runtime.openvino_runner import OpenVINORunner
+
+    ir = folder / OPENVINO_GRAPHS["int8"]
+    if not ir.is_file():
+        log(f"{label}: NNCF INT8 for OpenVINO (cached for later runs)")
+        quantize_openvino(fp32, ir, selection=selection, spec=wrapper.spec, cache_dir=folder / "calibration")
+    for name, path, hint in (("openvino-fp32", fp32, "f32"), ("openvino-bf16", fp32, "bf16"),
+                             ("openvino-int8", ir, "f32"), ("openvino-int8-qdq", folder / INT8_GRAPHS["tensorrt"], "f32")):
+        runners[name] = OpenVINORunner(path, threads=options.threads, name=name, precision=hint)
+    return runners, []

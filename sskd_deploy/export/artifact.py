@@ -83,45 +83,153 @@ def _onnx_ap(req: ExportRequest) -> Callable[[Path], float]:
     return evaluate
 
 
+INT8_GRAPHS = {"cpu": "model_int8.onnx", "tensorrt": "model_int8_tensorrt.onnx"}
+MIXED_GRAPHS = {"cpu": "model_int8_mixed.onnx", "tensorrt": "model_int8_tensorrt_mixed.onnx"}
+OPENVINO_GRAPHS = {"int8": "model_openvino_int8.xml", "mixed": "model_openvino_mixed.xml"}
+
+
 def _int8(req: ExportRequest, tmp: Path, spec, wrapper, log: Log) -> dict[str, Any]:
+    """Both INT8 graphs from one calibration (``cpu``: ONNX Runtime on x86, ``tensorrt``: TensorRT's rules),
+    the AP-budgeted mixed-precision search on the CPU graph (the one ONNX Runtime serves), its float
+    blocks applied to the TensorRT graph, and OpenVINO's NNCF INT8 (``export.openvino``)."""
     from sskd_deploy.export.calibration import select_calibration_images
     from sskd_deploy.export.int8 import quantize_int8
     from sskd_deploy.export.mixed_precision import ap_budgeted_int8
+    from sskd_deploy.runtime.onnxruntime_runner import runtime_census
 
     cal = req.config.calibration
     selection = select_calibration_images(req.calibration_source, count=cal.count, seed=cal.seed,
                                           min_images=cal.min_images)
     options = dict(selection=selection, spec=spec, method=cal.method, percentile=cal.percentile,
                    cache_dir=req.cache_dir, batch_size=cal.batch_size)
+    fp32 = tmp / "model_fp32.onnx"
     log(f"INT8: calibrating on {len(selection.paths)} images ({cal.method})")
-    quant = quantize_int8(tmp / "model_fp32.onnx", tmp / "model_int8.onnx", recalibrate=req.recalibrate, **options)
-    record: dict[str, Any] = {"calibration": selection.to_dict(), "quantization": quant}
+    record: dict[str, Any] = {"calibration": selection.to_dict(), "graphs": {}}
+    for target, name in INT8_GRAPHS.items():
+        quant = quantize_int8(fp32, tmp / name, recalibrate=req.recalibrate and target == "cpu", target=target,
+                              **options)
+        quant["runtime_census"] = runtime_census(tmp / name, threads=req.config.threads)
+        record["graphs"][name] = quant
+        log(f"INT8 {target} graph {name}: {census_line(quant)}")
+    record["quantization"] = record["graphs"][INT8_GRAPHS["cpu"]]
+    excluded: list[str] = []
     if req.config.mixed_precision:
         reference = _torch_reference_ap(req, wrapper)
         log(f"INT8: AP-budgeted mixed precision against PyTorch AP {reference:.2f} "
             f"(budget {req.config.budgets.int8_ap} AP points)")
-        record["mixed_precision"] = ap_budgeted_int8(
-            tmp / "model_fp32.onnx", tmp / "model_int8_mixed.onnx", evaluate=_onnx_ap(req),
-            reference_ap=reference or 0.0, max_ap_drop=req.config.budgets.int8_ap, full_int8=tmp / "model_int8.onnx",
-            log=log, **options,
-        )
-        if not record["mixed_precision"]["float_blocks"]:  # full INT8 already within budget: no second graph
-            (tmp / "model_int8_mixed.onnx").unlink(missing_ok=True)
-            record["mixed_precision"]["final_path"] = str(tmp / "model_int8.onnx")  # the graph it equals
+        mixed = ap_budgeted_int8(fp32, tmp / MIXED_GRAPHS["cpu"], evaluate=_onnx_ap(req), reference_ap=reference or 0.0,
+                                 max_ap_drop=req.config.budgets.int8_ap, full_int8=tmp / INT8_GRAPHS["cpu"], log=log,
+                                 target="cpu", **options)
+        record["mixed_precision"] = mixed
+        excluded = list(mixed["final"]["excluded_nodes"])
+        if not mixed["float_blocks"]:  # full INT8 already within budget: no second graph
+            (tmp / MIXED_GRAPHS["cpu"]).unlink(missing_ok=True)
+            mixed["final_path"] = str(tmp / INT8_GRAPHS["cpu"])  # the graph it equals
+        else:
+            name = MIXED_GRAPHS["tensorrt"]
+            log(f"INT8: the same {len(mixed['float_blocks'])} float blocks in the TensorRT graph ({name})")
+            record["graphs"][name] = quantize_int8(fp32, tmp / name, exclude_nodes=excluded, target="tensorrt",
+                                                   **options)
+    record["openvino"] = _openvino_int8(req, tmp, excluded, options, log)
     return _int8_paths(record, tmp)
+
+
+def census_line(quant: dict[str, Any]) -> str:
+    """One line of a quantization record's node census: what is quantized in the graph and what ORT runs in integer."""
+    ops = quant["census"]["ops"]
+    graph = ", ".join(f"{op} {v['quantized']}/{v['quantized'] + v['float']}" for op, v in ops.items())
+    runtime = quant.get("runtime_census")
+    ran = "" if runtime is None else (
+        f"; ONNX Runtime runs {sum(runtime['integer'].values())} integer and {sum(runtime['float'].values())} "
+        f"float compute kernels ({100 * runtime['integer_fraction']:.0f}% integer)")
+    return (f"quantized {graph}; {quant['census']['quantize_linear']} Q / {quant['census']['dequantize_linear']} DQ"
+            f"{ran}")
+
+
+def _openvino_int8(req: ExportRequest, tmp: Path, excluded: list[str], options: dict[str, Any],
+                   log: Log) -> dict[str, Any]:
+    """NNCF INT8 IRs for OpenVINO (full, and with the mixed-precision search's float nodes), or why not."""
+    state = _openvino_state(req.config)
+    if "skipped" in state:
+        return state
+    from sskd_deploy.export.openvino_int8 import quantize_openvino
+
+    record: dict[str, Any] = {}
+    for precision, nodes in (("int8", []), ("mixed", excluded)):
+        if precision == "mixed" and not nodes:
+            continue
+        name = OPENVINO_GRAPHS[precision]
+        log(f"OpenVINO: NNCF {precision} -> {name}")
+        record[name] = quantize_openvino(tmp / "model_fp32.onnx", tmp / name, selection=options["selection"],
+                                         spec=options["spec"], cache_dir=options["cache_dir"],
+                                         recalibrate=req.recalibrate, exclude_nodes=nodes)
+    return {"built": record}
+
+
+def _openvino_state(cfg: ExportConfig) -> dict[str, Any]:
+    """``{"version": ...}`` when the artifact includes the OpenVINO path, else ``{"skipped": why}``."""
+    reason = "disabled (export.openvino: off)" if cfg.openvino == "off" else openvino_missing()
+    if reason and cfg.openvino == "on":
+        raise SSKDError(f"export.openvino is 'on' but OpenVINO cannot be used here: {reason}")
+    if reason:
+        return {"skipped": reason}
+    from importlib.metadata import version
+
+    return {"version": version("openvino"), "nncf": version("nncf")}
+
+
+def openvino_missing() -> str | None:
+    """Why the OpenVINO path cannot run here (the ``[openvino]`` extra is not installed), or None."""
+    import importlib.util
+
+    missing = [m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed (pip install 'sskd-deploy[openvino]')" if missing else None
 
 
 def _int8_paths(record: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """The INT8 record's paths as the finished artifact names them (see the module docstring)."""
     record["calibration"]["root"] = recorded_path(record["calibration"]["root"], tmp)
-    quantizations = [record["quantization"]]
+    quantizations = list(record["graphs"].values()) + list(record["openvino"].get("built", {}).values())
     mixed = record.get("mixed_precision")
     if mixed is not None:
         mixed["final_path"] = recorded_path(mixed["final_path"], tmp)
         quantizations.append(mixed["final"])
-    for quant in quantizations:
+    for quant in {id(q): q for q in quantizations}.values():
         quant["cache_path"] = recorded_path(quant["cache_path"], tmp)
     return record
+
+
+def _int8_files(tmp: Path, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the INT8 graphs written, each saying which runtime and target it is for."""
+    files = {}
+    for name, quant in record["graphs"].items():
+        target = quant["target"]
+        files[name] = _file_entry(tmp / name, backend="onnxruntime", precision=quant["precision"], target=target)
+    for name, quant in record["openvino"].get("built", {}).items():
+        files[name] = _file_entry(tmp / name, backend="openvino", precision=quant["precision"], target="openvino",
+                                  weights=Path(name).with_suffix(".bin").name)
+        files[Path(name).with_suffix(".bin").name] = _file_entry(tmp / Path(name).with_suffix(".bin"),
+                                                                 kind="openvino-weights", of=name)
+    if (tmp / MIXED_GRAPHS["cpu"]).is_file():
+        files[MIXED_GRAPHS["cpu"]] = _file_entry(tmp / MIXED_GRAPHS["cpu"], backend="onnxruntime", precision="mixed",
+                                                 target="cpu")
+    return files
+
+
+def graphs_by_target(files: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Which file each runtime takes per precision: ``{"cpu": {"int8": "model_int8.onnx", ...}, "tensorrt":
+    {"int8": "model_int8_tensorrt.onnx", ...}, "openvino": {...}, "any": {"fp32": ..., "fp16": ...}}``
+    (``any``: the float graphs every ONNX runtime reads; TensorRT's engines are built from its graphs)."""
+    targets: dict[str, dict[str, str]] = {}
+    for name, entry in files.items():
+        if entry.get("backend") in ("onnxruntime", "openvino"):
+            targets.setdefault(entry.get("target", "any"), {})[entry["precision"]] = name
+    return targets
+
+
+def _by_target(files: dict[str, dict[str, Any]], target: str) -> dict[str, str]:
+    """``{file name: precision}`` of the graphs made for ``target``."""
+    return {name: entry["precision"] for name, entry in files.items() if entry.get("target") == target}
 
 
 def relocate_runner_paths(rows: list[dict[str, Any]], artifact_dir: Path) -> list[dict[str, Any]]:
@@ -159,6 +267,7 @@ def export_artifact(req: ExportRequest, *, log: Log = print) -> dict[str, Any]:
     from sskd_deploy.export.onnx_export import export_onnx
 
     start = time.perf_counter()
+    openvino = _openvino_state(req.config)  # an 'on' that cannot be honoured fails before any work
     wrapper, ckpt = _load_wrapper(req.checkpoint)
     spec, cfg = ckpt.spec, req.config
     with atomic_directory(req.out_dir, overwrite=req.overwrite) as tmp:
@@ -177,18 +286,17 @@ def export_artifact(req: ExportRequest, *, log: Log = print) -> dict[str, Any]:
                                                    precision="fp16", conversion=fp16)
             graphs["fp16"] = "model_fp16.onnx"
         manifest: dict[str, Any] = {}
+        trt_graphs = {k: v for k, v in graphs.items() if k == "fp16"}
         if cfg.int8:
             manifest["int8"] = _int8(req, tmp, spec, wrapper, log)
-            files["model_int8.onnx"] = _file_entry(tmp / "model_int8.onnx", backend="onnxruntime", precision="int8")
-            graphs["int8"] = "model_int8.onnx"
-            if (tmp / "model_int8_mixed.onnx").is_file():
-                files["model_int8_mixed.onnx"] = _file_entry(tmp / "model_int8_mixed.onnx", backend="onnxruntime",
-                                                             precision="mixed")
-        trt_graphs = {k: v for k, v in graphs.items() if k in ("fp16", "int8")}
+            files.update(_int8_files(tmp, manifest["int8"]))
+            trt_graphs.update({precision: name for name, precision in _by_target(files, "tensorrt").items()})
         manifest["tensorrt"] = _tensorrt(req, tmp, spec, trt_graphs, log)
         for engine, info in manifest["tensorrt"].get("built", {}).items():
             files[engine] = _file_entry(tmp / engine, backend="tensorrt", precision=engine.split("_")[1].split(".")[0],
                                         build=info)
+        manifest["openvino"] = openvino
+        manifest["targets"] = graphs_by_target(files)
         manifest.update({
             "format": ARTIFACT_FORMAT, "version": 1, "model": spec.model_name, "iospec": spec.to_dict(),
             "iospec_sha256": spec.digest(), "checkpoint_source": recorded_path(req.checkpoint, tmp), "files": files,
@@ -264,19 +372,38 @@ def check_graph_spec(path: Path, spec, manifest: dict[str, Any]) -> None:
         raise InputError(path, "the IOSpec in this graph differs from the artifact manifest's")
 
 
-def graph_runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | None) -> tuple[dict, list[dict]]:
-    """A runner per compiled graph of the artifact (hash-checked), and the graphs that cannot run here with why."""
+def runner_name(backend: str, entry: dict[str, Any]) -> str:
+    """``onnxruntime-int8`` for the graph ONNX Runtime serves, ``onnxruntime-int8-tensorrt`` for TensorRT's
+    graph run by ONNX Runtime (its rounding, checked before an engine is built), ``openvino-int8`` ..."""
+    suffix = "-tensorrt" if backend == "onnxruntime" and entry.get("target") == "tensorrt" else ""
+    return f"{backend}-{entry['precision']}{suffix}"
+
+
+def graph_runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | None, *,
+                  bench_extras: bool = False) -> tuple[dict, list[dict]]:
+    """A runner per compiled graph of the artifact (hash-checked), and the graphs that cannot run here with why.
+
+    With OpenVINO in the artifact, OpenVINO also runs the FP32 graph (``openvino-fp32``); ``bench_extras``
+    adds what only the benchmark times: OpenVINO's BF16 on the FP32 graph and OpenVINO on TensorRT's
+    symmetric Q/DQ graph (``openvino-int8-qdq``)."""
     from sskd_deploy.runtime.onnxruntime_runner import OrtRunner
 
     runners, skipped = {}, []
     for name, entry in manifest["files"].items():
         path = artifact_dir / name
-        if entry.get("backend") == "onnxruntime":
+        backend = entry.get("backend")
+        if backend == "onnxruntime":
             verified_file(artifact_dir, manifest, name)
-            runner = OrtRunner(path, threads=threads, name=f"onnxruntime-{entry['precision']}")
+            runner = OrtRunner(path, threads=threads, name=runner_name(backend, entry))
             check_graph_spec(path, runner.spec, manifest)
             runners[runner.info.name] = runner
-        elif entry.get("backend") == "tensorrt":
+        elif backend == "openvino":
+            if not _openvino_runnable(skipped, runner_name(backend, entry)):
+                continue
+            verified_file(artifact_dir, manifest, name)
+            verified_file(artifact_dir, manifest, entry["weights"])
+            runners.update(_openvino_runner(path, manifest, threads, runner_name(backend, entry)))
+        elif backend == "tensorrt":
             from sskd_deploy.export.tensorrt_build import tensorrt_available
 
             ok, reason = tensorrt_available()
@@ -286,7 +413,31 @@ def graph_runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | N
             from sskd_deploy.runtime.tensorrt_runner import TensorRTRunner
 
             runners[f"tensorrt-{entry['precision']}"] = TensorRTRunner(path, name=f"tensorrt-{entry['precision']}")
+    if "version" in manifest.get("openvino", {}):
+        extras = {"openvino-fp32": ("model_fp32.onnx", "f32")}
+        if bench_extras:
+            extras.update({"openvino-bf16": ("model_fp32.onnx", "bf16"),
+                           "openvino-int8-qdq": (INT8_GRAPHS["tensorrt"], "f32")})
+        for runner, (name, hint) in extras.items():
+            if name in manifest["files"] and _openvino_runnable(skipped, runner):
+                runners.update(_openvino_runner(artifact_dir / name, manifest, threads, runner, hint=hint))
     return runners, skipped
+
+
+def _openvino_runnable(skipped: list[dict], runner: str) -> bool:
+    reason = openvino_missing()
+    if reason:
+        skipped.append({"runner": runner, "reason": reason})
+    return reason is None
+
+
+def _openvino_runner(path: Path, manifest: dict[str, Any], threads: int | None, name: str,
+                     hint: str = "f32") -> dict[str, Any]:
+    from sskd_deploy.runtime.openvino_runner import OpenVINORunner
+
+    runner = OpenVINORunner(path, threads=threads, name=name, precision=hint)
+    check_graph_spec(path, runner.spec, manifest)
+    return {name: runner}
 
 
 def verify_artifact(artifact_dir: Path, val: Dataset, *, config: ExportConfig, log: Log = print,

@@ -1,23 +1,42 @@
-"""INT8 by explicit quantization: an FP32 deploy graph in, a symmetric Q/DQ graph out.
+"""INT8 by explicit quantization: an FP32 deploy graph in, a Q/DQ graph per target out.
 
-One artifact serves both runtimes (METHOD.md section 7): ONNX Runtime runs the Q/DQ graph with
-its int8 kernels on CPU, and TensorRT builds a strongly typed engine from the same file. So the
-settings are TensorRT's explicit-quantization rules (see :mod:`sskd_deploy.export.qdq_rules`,
-which checks every output): signed int8, zero points 0, per-channel weights, per-tensor
-activations, biases left in float (TensorRT rejects an int32 DequantizeLinear).
+Calibrate once, emit one graph per target (METHOD.md section 7); both come from the same cached
+ranges, so the second graph costs seconds:
 
-What is quantized: Conv, MatMul and Gemm, i.e. all the arithmetic that int8 makes faster (the
-ViT encoder's linear layers and attention products, the decoder's convolutions, the transformer
-decoder). Element-wise ops, normalisations, Softmax and Resize stay float: int8 gains nothing
-there on CPU or in TensorRT (which fuses them into the neighbouring kernels), and each extra
-Q/DQ pair would add rounding error. ConvTranspose (two small upsampling layers) stays float:
-quantized, ONNX Runtime 1.32's CPU provider still runs it as DQ -> float ConvTranspose -> Q (checked
-on student-tiny), i.e. slower than float. The deploy wrapper's selection tail
-(``/select/...``: softmax, top-k, gathers) is never quantized.
+``tensorrt`` (``model_int8_tensorrt.onnx``)
+    TensorRT's explicit-quantization rules (checked on every output by
+    :mod:`sskd_deploy.export.qdq_rules`): signed int8 activations and weights, zero points 0,
+    per-channel weights, per-tensor activations, biases left in float (TensorRT rejects an int32
+    DequantizeLinear). OpenVINO also runs this graph in integer.
+``cpu`` (``model_int8.onnx``)
+    ONNX Runtime on x86: its fast integer kernels (VNNI, AMX) take **U8 activations x S8
+    weights**. A signed activation reaches them only through an internal S8->U8 rewrite that skips
+    every QuantizeLinear with more than one consumer, so the symmetric graph leaves a third of the
+    convolutions and most linear layers in float between standalone Q/DQ nodes. So: asymmetric
+    uint8 activations, symmetric per-channel int8 weights, int32 biases. Measured on the 2-core
+    AVX-512-VNNI machine (random student-s, 512x1024, batch 1): symmetric graph 2367 ms, this one
+    1806 ms, FP32 3530 ms; the runtime census (:func:`runtime_census`) goes from 24 of 32 convs and
+    177 of 263 linear/attention products in integer to all of them.
+
+What is quantized, for both: Conv, MatMul and Gemm, i.e. all the arithmetic that int8 makes faster
+(the ViT encoder's linear layers and attention products, the decoder's convolutions, the
+transformer decoder). Q/DQ goes on the *inputs* of MatMul/Gemm only (ORT then runs DQ -> MatMul as
+MatMulIntegerToFloat: measured 1806 ms against 2106 ms with output Q/DQ too on student-s), and
+Conv keeps its output Q (ORT's CPU provider only forms QLinearConv from DQ -> Conv -> Q).
+Element-wise ops, normalisations, Softmax and Resize stay float: int8 gains nothing there (TensorRT
+fuses them into the neighbouring kernels) and each extra Q/DQ pair adds rounding. ConvTranspose (two
+small upsampling layers) stays float: quantized, ONNX Runtime 1.32's CPU provider still runs it as
+DQ -> float ConvTranspose -> Q. The deploy wrapper's selection tail (``/select/...``: softmax,
+top-k, gathers) is never quantized.
+
+Transformer fusions before quantization were measured and are not applied: onnxscript's
+``ort_fusions.optimize_for_ort`` (0.7) fuses the encoder's attention into ``Attention`` nodes, which
+takes the QKV projections out of Q/DQ quantization, and its FusedMatMul rewrite produced a graph
+ONNX Runtime 1.32 refuses to run on student-tiny (rank mismatch in a transposed batch MatMul).
 
 Calibration ranges are cached in ``cache_dir/<calibration_key>.json`` (ONNX Runtime's own cache
-format); the key covers the graph, the image contents, preprocessing and method, so a mixed-
-precision search that re-quantizes with other exclusions never recalibrates.
+format); the key covers the graph, the image contents, preprocessing and method, not the target
+(the ranges are the same), so a mixed-precision search or the second target never recalibrates.
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -42,6 +62,7 @@ from sskd_deploy.export.onnx_export import check_against_spec
 from sskd_deploy.export.qdq_graph import (
     count_quantized,
     drop_dangling,
+    graph_census,
     keep_float_inputs,
     restore_module_prefixes,
 )
@@ -60,6 +81,7 @@ from sskd_deploy.spec import IOSpec
 
 QUANT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 TAIL_PREFIX = "/select/"
+INT8_TARGETS = ("cpu", "tensorrt")
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
 
@@ -98,28 +120,51 @@ def _method_params(method: str, percentile: float, op_types: Sequence[str], batc
     return params
 
 
-def _extra_options(method_params: dict[str, Any]) -> dict[str, Any]:
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
-             # TensorRT's parser rejects an int32 DequantizeLinear, which is how ORT quantizes biases
-             "QuantizeBias": False,
-             # Q/DQ on the inputs of MatMul/Gemm only (TensorRT's recommended placement): ORT then runs
-             # DQ -> MatMul as MatMulIntegerToFloat, 90 fewer Q nodes on student-tiny, ~5% faster, and
-             # the mask-logit product reaches the selection tail unrounded. Conv keeps its output Q:
-             # ORT's CPU provider only forms QLinearConv from DQ -> Conv -> Q.
-             "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+@dataclass(frozen=True)
+class TargetRules:
+    """What differs between the two INT8 graphs (see the module docstring)."""
+
+    activation: QuantType
+    extra: dict[str, Any]
+    tensorrt_rules: bool  # check the output against TensorRT's explicit-quantization rules
+
+
+TARGET_RULES = {
+    "tensorrt": TargetRules(QuantType.QInt8, {
+        "ActivationSymmetric": True, "WeightSymmetric": True,
+        # TensorRT's parser rejects an int32 DequantizeLinear, which is how ORT quantizes biases
+        "QuantizeBias": False,
+        # TensorRT's recommended placement: Q/DQ on the inputs of MatMul/Gemm only
+        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}, tensorrt_rules=True),
+    "cpu": TargetRules(QuantType.QUInt8, {
+        "ActivationSymmetric": False, "WeightSymmetric": True,
+        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}, tensorrt_rules=False),
+}
+
+
+def target_rules(target: str) -> TargetRules:
+    if target not in TARGET_RULES:
+        raise ValueError(f"unknown INT8 target {target!r}; choose one of {list(TARGET_RULES)}")
+    return TARGET_RULES[target]
+
+
+def _extra_options(method_params: dict[str, Any], rules: TargetRules) -> dict[str, Any]:
+    extra = dict(rules.extra)
     if "percentile" in method_params:
         extra["CalibPercentile"] = method_params["percentile"]
     return extra
 
 
-def _finish(model: onnx.ModelProto, fp32: onnx.ModelProto, spec: IOSpec, precision: str, path: Path) -> None:
-    """Restore names and the deploy contract, check against IOSpec and TensorRT's rules, write atomically."""
+def _finish(model: onnx.ModelProto, fp32: onnx.ModelProto, spec: IOSpec, precision: str, path: Path,
+            rules: TargetRules) -> None:
+    """Restore names and the deploy contract, check against IOSpec (and TensorRT's rules for its graph),
+    write atomically."""
     restore_module_prefixes(model)
     checkpoint = get_metadata(fp32).get(META_CHECKPOINT, "")
     set_metadata(model, contract_metadata(spec, checkpoint_sha256=checkpoint, precision=precision))
     onnx.checker.check_model(model)
     check_against_spec(model, spec, source=str(path))
-    problems = check_qdq_for_tensorrt(model)
+    problems = check_qdq_for_tensorrt(model) if rules.tensorrt_rules else []
     if problems:  # a graph TensorRT would reject must not look finished
         raise RuntimeError(f"{path}: Q/DQ graph breaks TensorRT's rules: " + "; ".join(problems[:5]))
     atomic_write_bytes(path, model.SerializeToString())
@@ -127,7 +172,7 @@ def _finish(model: onnx.ModelProto, fp32: onnx.ModelProto, spec: IOSpec, precisi
 
 def _calibrate_and_quantize(pre_path: Path, out_path: Path, reader: ImageCalibrationReader | None,
                             cache: Path, method: str, excluded: list[str], op_types: Sequence[str],
-                            extra: dict[str, Any]) -> None:
+                            extra: dict[str, Any], activation: QuantType) -> None:
     """``quantize_static``; on a miss ORT writes the ranges to a temporary name, renamed into place after."""
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise RuntimeError("this onnxruntime has no calibration cache in quantize_static; install onnxruntime>=1.32")
@@ -135,7 +180,7 @@ def _calibrate_and_quantize(pre_path: Path, out_path: Path, reader: ImageCalibra
     try:
         quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(op_types), per_channel=True, reduce_range=False,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=activation, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excluded, calibrate_method=METHODS[method], extra_options=extra,
                         calibration_cache_path=str(target))
         if reader is not None:
@@ -148,7 +193,7 @@ def _calibrate_and_quantize(pre_path: Path, out_path: Path, reader: ImageCalibra
 
 def _quantize(fp32_path: Path, selection: CalibrationSelection, spec: IOSpec, *, method: str,
               params: dict[str, Any], cache: Path, hit: bool, exclude_nodes: Collection[str], batch_size: int,
-              op_types: Sequence[str]) -> tuple[onnx.ModelProto, int, int]:
+              op_types: Sequence[str], rules: TargetRules) -> tuple[onnx.ModelProto, int, int]:
     """Pre-process, calibrate (unless ``hit``) and quantize; returns the model, calibration batches
     run and inputs of float nodes restored to float."""
     with tempfile.TemporaryDirectory(prefix="sskd-int8-") as tmp:
@@ -161,7 +206,7 @@ def _quantize(fp32_path: Path, selection: CalibrationSelection, spec: IOSpec, *,
         reader = None if hit else ImageCalibrationReader(selection, spec, batch_size=batch_size)
         try:
             _calibrate_and_quantize(prepared, quantized, reader, cache, method, sorted(float_nodes), op_types,
-                                    _extra_options(params))
+                                    _extra_options(params, rules), rules.activation)
         except (ValueError, KeyError, TypeError) as err:
             if not hit:
                 raise
@@ -176,14 +221,15 @@ def _quantize(fp32_path: Path, selection: CalibrationSelection, spec: IOSpec, *,
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, selection: CalibrationSelection, spec: IOSpec,
                   method: str = "minmax", percentile: float = 99.99, cache_dir: str | Path,
                   recalibrate: bool = False, exclude_nodes: Collection[str] = (), batch_size: int = 8,
-                  op_types: Sequence[str] = QUANT_OP_TYPES) -> dict[str, Any]:
-    """Quantize ``fp32_path`` to a symmetric INT8 Q/DQ graph at ``out_path`` (written atomically).
+                  op_types: Sequence[str] = QUANT_OP_TYPES, target: str = "tensorrt") -> dict[str, Any]:
+    """Quantize ``fp32_path`` to the INT8 Q/DQ graph of ``target`` at ``out_path`` (written atomically).
 
     ``exclude_nodes`` names nodes (as in :func:`prepare_for_quantization`'s graph) kept in float;
     with any, the precision recorded in the metadata is ``mixed``. ``recalibrate`` ignores and
     overwrites a cached calibration. Returns the manifest entry.
     """
     start = time.perf_counter()
+    rules = target_rules(target)
     fp32_path, out_path, cache_dir = Path(fp32_path), Path(out_path), Path(cache_dir)
     fp32 = load_onnx(fp32_path)
     if read_onnx_spec(fp32).digest() != spec.digest():
@@ -194,13 +240,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, selection: Cal
     hit = cache.is_file() and not recalibrate
     cache_dir.mkdir(parents=True, exist_ok=True)
     model, batches, rewired = _quantize(fp32_path, selection, spec, method=method, params=params, cache=cache, hit=hit,
-                                        exclude_nodes=exclude_nodes, batch_size=batch_size, op_types=op_types)
+                                        exclude_nodes=exclude_nodes, batch_size=batch_size, op_types=op_types,
+                                        rules=rules)
     quantized = count_quantized(model, op_types)
     precision = "int8" if not exclude_nodes else "mixed" if quantized["quantized"] else "fp32"
-    _finish(model, fp32, spec, precision, out_path)
+    _finish(model, fp32, spec, precision, out_path, rules)
     ops = Counter(n.op_type for n in model.graph.node)
-    return {"precision": precision, "method": method, "params": params, "calibration_key": key,
+    return {"target": target, "precision": precision, "method": method, "params": params, "calibration_key": key,
             "cache_path": str(cache), "cache_hit": hit, "calibration_batches": batches,
             "calibration_images": len(selection.images), "excluded_nodes": sorted(exclude_nodes),
             "float_inputs_restored": rewired, "quantized_ops": quantized, "quantize_nodes": ops["QuantizeLinear"],
-            "dequantize_nodes": ops["DequantizeLinear"], "wall_s": round(time.perf_counter() - start, 3)}
+            "dequantize_nodes": ops["DequantizeLinear"], "census": graph_census(model),
+            "wall_s": round(time.perf_counter() - start, 3)}

@@ -128,7 +128,7 @@ def ap_budgeted_int8(fp32_path: str | Path, out_path: str | Path, *, selection: 
                      evaluate: Callable[[Path], float], reference_ap: float, max_ap_drop: float = 0.01,
                      cache_dir: str | Path, method: str = "minmax", percentile: float = 99.99, batch_size: int = 8,
                      candidate_blocks: Collection[str] | None = None, full_int8: str | Path | None = None,
-                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     log: Callable[[str], None] | None = None, target: str = "tensorrt") -> dict[str, Any]:
     """INT8 within an AP budget; the final graph is written to ``out_path`` and a report returned.
 
     ``evaluate(onnx_path)`` returns mask AP (e.g. an ONNX Runtime runner over the labeled val
@@ -137,11 +137,11 @@ def ap_budgeted_int8(fp32_path: str | Path, out_path: str | Path, *, selection: 
     costs 1 + (number of blocks) + (blocks kept float) evaluations, each after a re-quantization
     that hits the calibration cache. ``candidate_blocks`` limits the blocks the search may keep float (default: all);
     ``full_int8`` is an INT8 graph already quantized with the same settings, evaluated instead of
-    being rebuilt.
+    being rebuilt. ``target`` is the INT8 graph searched (:data:`sskd_deploy.export.int8.TARGET_RULES`).
     """
     start = time.perf_counter()
     common: dict[str, Any] = {"selection": selection, "spec": spec, "method": method, "percentile": percentile,
-                              "cache_dir": cache_dir, "batch_size": batch_size}
+                              "cache_dir": cache_dir, "batch_size": batch_size, "target": target}
     with tempfile.TemporaryDirectory(prefix="sskd-mixed-") as tmp:
         blocks = _blocks(prepare_for_quantization(fp32_path, Path(tmp) / "prepared.onnx"), candidate_blocks)
 

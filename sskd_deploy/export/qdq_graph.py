@@ -8,12 +8,14 @@
   keeps float, the deploy wrapper's selection tail) would still read int8-rounded inputs whenever
   a quantized neighbour shares the tensor. Excluded nodes are rewired to the original float tensor.
 - :func:`drop_dangling`: Q/DQ pairs, initializers and opset imports nothing uses any more.
+- :func:`graph_census`: quantized vs float compute ops and Q/DQ counts, for manifests and logs.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection
+from typing import Any
 
 import onnx
 
@@ -113,3 +115,21 @@ def count_quantized(model: onnx.ModelProto, op_types: Collection[str]) -> dict[s
     dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     ops = [n for n in model.graph.node if n.op_type in op_types]
     return {"quantized": sum(any(i in dq_outputs for i in n.input) for n in ops), "total": len(ops)}
+
+
+CENSUS_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "QAttention")
+
+
+def graph_census(model: onnx.ModelProto) -> dict[str, Any]:
+    """The Q/DQ graph at a glance: per compute op type how many read a dequantized input
+    (``quantized``) and how many stay float, the Q and DQ node counts and fused attention nodes."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    ops: dict[str, dict[str, int]] = {}
+    for node in model.graph.node:
+        if node.op_type in CENSUS_OPS:
+            entry = ops.setdefault(node.op_type, {"quantized": 0, "float": 0})
+            entry["quantized" if any(i in dq_outputs for i in node.input) else "float"] += 1
+    counts = Counter(n.op_type for n in model.graph.node)
+    return {"ops": ops, "quantize_linear": counts["QuantizeLinear"], "dequantize_linear": counts["DequantizeLinear"],
+            "fused_attention": sum(counts[op] for op in ATTENTION_OPS)}

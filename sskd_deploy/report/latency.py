@@ -28,16 +28,35 @@ def _at(row: dict[str, Any], key: str, stat: str) -> object:
 
 
 def _latency_table(rows: list[dict[str, Any]]) -> object:
-    cells = [[r.get("model", DASH), r.get("runner", DASH), fmt(r.get("batch"), 0), fmt(r.get("p50_ms"), 2),
+    cells = [[r.get("model", DASH), r.get("runner", DASH), r.get("precision", DASH), fmt(r.get("batch"), 0), fmt(r.get("p50_ms"), 2),
               fmt(r.get("p90_ms"), 2), fmt(r.get("p99_ms"), 2), fmt(_at(r, "pre_ms", "p50"), 2),
               fmt(_at(r, "post_ms", "p50"), 2), fmt(_at(r, "e2e_ms", "p50"), 2), fmt(r.get("throughput_ips"), 1),
               fmt(r.get("e2e_throughput_ips"), 1), fmt(r.get("peak_fraction"), 1, scale=100),
               r.get("peak_name") or DASH, fmt(r.get("speedup_vs_torch-fp32"), 2, suffix="x")] for r in rows]
-    headers = ["model", "runner", "batch", "p50 ms", "p90 ms", "p99 ms", "pre p50", "post p50", "e2e p50",
+    headers = ["model", "runner", "ran in", "batch", "p50 ms", "p90 ms", "p99 ms", "pre p50", "post p50", "e2e p50",
                "img/s", "e2e img/s", "% peak", "peak", "vs torch"]
     caption = ("p50/p90/p99 and img/s time the inference call alone; pre/post are host preprocessing and "
                "postprocessing, e2e all three; % peak is achieved over measured peak compute")
-    return table(headers, cells, align="llrrrrrrrrrrlr", caption=caption)
+    return table(headers, cells, align="lllrrrrrrrrrrlr", caption=caption)
+
+
+def _profile_parts(profiles: dict[str, Any]) -> list[object]:
+    """One table per ``bench --profile`` runner: its top op types and nodes by time at batch 1."""
+    parts: list[object] = []
+    for name, prof in profiles.items():
+        if not isinstance(prof, dict):
+            continue
+        parts.append(tag("h3", f"Top ops: {name} ({prof.get('model', DASH)})"))
+        types = [[r.get("op_type", DASH), fmt(r.get("ms"), 2), fmt(r.get("percent"), 1), fmt(r.get("count"), 0)]
+                 for r in prof.get("by_op_type", []) if isinstance(r, dict)]
+        parts.append(table(["op type", "ms", "%", "count"], types, align="lrrr",
+                           caption=f"{fmt(prof.get('total_ms'), 1)} ms of kernels per call at batch "
+                                   f"{prof.get('batch', DASH)}, {prof.get('backend', DASH)} profiler "
+                                   f"({prof.get('file', DASH)})"))
+        nodes = [[r.get("name", DASH), r.get("op_type", DASH), fmt(r.get("ms"), 2), fmt(r.get("percent"), 1)]
+                 for r in prof.get("top_nodes", []) if isinstance(r, dict)]
+        parts.append(table(["node", "op type", "ms", "%"], nodes, align="llrr", caption="Slowest nodes"))
+    return parts
 
 
 def _peaks_table(peaks: dict[str, Any]) -> object:
@@ -111,6 +130,7 @@ def latency_section(*, run: RunFiles) -> Section:
     peaks = mapping(bench, "peaks", where=where)
     if peaks:
         parts.append(_peaks_table(peaks))
+    parts += _profile_parts(mapping(bench, "profiles", where=where))
     pairs = objects(bench, "pairs", where=where)
     parts += [tag("h3", "Teacher vs student"), _pairs_table(pairs)]
     if not pairs:

@@ -90,11 +90,33 @@ def _artifact_parts(manifest: dict[str, Any] | None, where: Any) -> list[object]
     if manifest is None:
         return [missing("export/manifest.json", "export --int8")]
     rows = [[name, info.get("kind") or info.get("backend", DASH), info.get("precision", DASH),
-             fmt(info.get("bytes"), 2, scale=1e-6)]
+             info.get("target", DASH), fmt(info.get("bytes"), 2, scale=1e-6)]
             for name, info in sorted(mapping(manifest, "files", where=where).items()) if isinstance(info, dict)]
     caption = (f"model {manifest.get('model', DASH)}, from {manifest.get('checkpoint_source', DASH)}, "
                f"exported in {fmt(manifest.get('export_seconds'), 1)} s")
-    return [table(["file", "kind / backend", "precision", "MB"], rows, align="lllr", caption=caption)]
+    parts: list[object] = [table(["file", "kind / backend", "precision", "for", "MB"], rows, align="llllr",
+                                 caption=caption)]
+    return parts + _census_parts(mapping(manifest, "int8", where=where))
+
+
+def _census_parts(int8: dict[str, Any]) -> list[object]:
+    """Per INT8 graph: compute ops quantized in the graph, and the kernels ONNX Runtime runs (integer vs float)."""
+    rows = []
+    for name, quant in (int8.get("graphs") or {}).items():
+        if not isinstance(quant, dict) or not isinstance(quant.get("census"), dict):
+            continue
+        census, runtime = quant["census"], quant.get("runtime_census") or {}
+        ops = ", ".join(f"{op} {v.get('quantized')}/{v.get('quantized', 0) + v.get('float', 0)}"
+                        for op, v in (census.get("ops") or {}).items() if isinstance(v, dict))
+        ran = lambda kind: ", ".join(f"{op} {n}" for op, n in (runtime.get(kind) or {}).items()) or DASH  # noqa: E731
+        rows.append([name, quant.get("target", DASH), ops or DASH, fmt(census.get("quantize_linear"), 0),
+                     fmt(census.get("dequantize_linear"), 0), ran("integer"), ran("float"),
+                     fmt(runtime.get("integer_fraction"), 0, scale=100, suffix="%")])
+    if not rows:
+        return []
+    return [table(["graph", "for", "quantized in graph", "Q", "DQ", "ORT integer kernels", "ORT float kernels",
+                   "integer"], rows, align="llllrrlll",
+                  caption="Node census: a float Conv/MatMul left between Q/DQ pairs is time lost")]
 
 
 def export_section(*, run: RunFiles) -> Section:

@@ -8,9 +8,13 @@ requested GPU provider whose libraries are missing and a report must not call a 
 
 from __future__ import annotations
 
+import json
+import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -107,3 +111,79 @@ class OrtRunner:
 
     def __repr__(self) -> str:
         return f"OrtRunner({str(self.path)!r}, name={self.info.name!r}, provider={self.info.provider!r})"
+
+
+# What ONNX Runtime's CPU provider runs after its graph optimisations: integer kernels (what a Q/DQ
+# graph is for) and float compute kernels (what stayed float, e.g. an S8 activation its S8->U8
+# rewrite skipped). Element-wise ops are neither and are not counted.
+INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "ConvInteger",
+                   "MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QLinearConvTranspose")
+FLOAT_KERNELS = ("Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
+                 "Attention", "MultiHeadAttention")
+
+
+def runtime_census(path: str | Path, *, threads: int | None = None) -> dict[str, Any]:
+    """Compute kernels ONNX Runtime (CPU) runs for the graph at ``path`` once it has optimised it:
+    ``{"integer": {op: n}, "float": {op: n}, "integer_fraction", "quantize_linear", "dequantize_linear"}``.
+
+    This is the census that shows whether a Q/DQ graph really runs in integer: Q/DQ pairs ORT could
+    not fold into an integer kernel leave a float Conv/MatMul between them.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="sskd-census-") as tmp:
+        options = _session_options(threads)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        try:
+            ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
+        except Exception as err:  # noqa: BLE001 - see OrtRunner._open
+            raise InputError(path, f"ONNX Runtime cannot load the graph ({str(err).strip().splitlines()[0]})") from None
+        counts = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    integer = {op: counts[op] for op in INTEGER_KERNELS if counts[op]}
+    floats = {op: counts[op] for op in FLOAT_KERNELS if counts[op]}
+    total = sum(integer.values()) + sum(floats.values())
+    return {"integer": integer, "float": floats, "integer_fraction": round(sum(integer.values()) / total, 4) if total else 0.0,
+            "quantize_linear": counts["QuantizeLinear"], "dequantize_linear": counts["DequantizeLinear"]}
+
+
+def profile_ort(path: str | Path, images: np.ndarray, *, threads: int | None = None, runs: int = 3,
+                top: int = 15) -> dict[str, Any]:
+    """Top ops by time for one graph, from ONNX Runtime's own profiler over ``runs`` calls (after one
+    warm-up call, which is excluded).
+
+    Returns ``{"runs", "total_ms", "by_op_type": [{"op_type", "ms", "percent", "count"}],
+    "top_nodes": [{"name", "op_type", "ms", "percent"}]}`` with times per run, sorted by time.
+    """
+    with tempfile.TemporaryDirectory(prefix="sskd-profile-") as tmp:
+        options = _session_options(threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
+        name = session.get_inputs()[0].name
+        for _ in range(1 + runs):  # ORT's profiler cannot be reset: the warm-up call is dropped by its index
+            session.run(None, {name: images})
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    return summarise_profile(_kernel_events(trace, skip_runs=1), runs=runs, top=top)
+
+
+def _kernel_events(trace: list[dict[str, Any]], *, skip_runs: int) -> list[tuple[str, str, float]]:
+    """``(node name, op type, microseconds)`` of every kernel in the trace after the first ``skip_runs`` runs."""
+    runs = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = runs[skip_runs] if len(runs) > skip_runs else 0
+    return [(e["name"].removesuffix("_kernel_time"), e["args"].get("op_name", "?"), float(e["dur"]))
+            for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start]
+
+
+def summarise_profile(events: Sequence[tuple[str, str, float]], *, runs: int, top: int) -> dict[str, Any]:
+    """Per-run milliseconds by op type and by node from ``(name, op type, microseconds)`` events."""
+    total = sum(us for _, _, us in events) or 1.0
+    by_type: dict[str, list[float]] = {}
+    by_node: dict[tuple[str, str], float] = Counter()
+    for name, op, us in events:
+        by_type.setdefault(op, []).append(us)
+        by_node[(name, op)] += us
+    types = sorted(({"op_type": op, "ms": round(sum(v) / runs / 1000, 3), "percent": round(100 * sum(v) / total, 1),
+                     "count": len(v) // max(runs, 1)} for op, v in by_type.items()), key=lambda r: -r["ms"])
+    nodes = sorted(({"name": n, "op_type": op, "ms": round(us / runs / 1000, 3), "percent": round(100 * us / total, 1)}
+                    for (n, op), us in by_node.items()), key=lambda r: -r["ms"])
+    return {"runs": runs, "total_ms": round(total / runs / 1000, 3), "by_op_type": types[:top], "top_nodes": nodes[:top]}

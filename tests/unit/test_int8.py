@@ -7,6 +7,7 @@ One export per module (~10 s); every quantization after the first calibration is
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -190,3 +191,52 @@ def test_ap_budgeted_search_keeps_sensitive_block_float(tiny, int8) -> None:
     assert get_metadata(onnx.load(str(work / "mixed.onnx")))["sskd_deploy.precision"] == "mixed"
     prepared = prepare_for_quantization(fp32, work / "prepared.onnx")
     assert set(final["excluded_nodes"]) <= {n.name for n in prepared.graph.node}
+
+
+def test_cpu_target_is_u8_activations_s8_weights_and_runs_in_integer(tiny, int8) -> None:
+    """The x86 graph: uint8 activations (asymmetric), int8 symmetric per-channel weights, from the same
+    calibration; ONNX Runtime then runs every Conv/MatMul/Gemm in an integer kernel, where the symmetric
+    TensorRT graph leaves some in float between Q/DQ pairs (its S8->U8 rewrite skips shared quantizers)."""
+    from sskd_deploy.runtime.onnxruntime_runner import runtime_census
+
+    fp32, spec, selection, work = tiny
+    report = quantize_int8(fp32, work / "cpu.onnx", selection=selection, spec=spec, cache_dir=work / "cache",
+                           target="cpu")
+    assert report["target"] == "cpu" and report["cache_hit"]  # one calibration serves both targets
+    assert report["calibration_key"] == int8[1]["calibration_key"]
+    model = onnx.load(str(work / "cpu.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    acts = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert acts and all(inits[n.input[2]].dtype == np.uint8 for n in acts)
+    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8]
+    assert weights and all(not inits[n.input[2]].any() for n in weights if len(n.input) > 2)
+    assert any(inits[n.input[1]].size > 1 for n in weights)  # per channel
+    assert check_qdq_for_tensorrt(model)  # not TensorRT's graph: its rules are not enforced here
+    census = report["census"]
+    assert census["ops"]["Conv"] == {"quantized": report["quantized_ops"]["total"] - census["ops"]["MatMul"]["quantized"]
+                                     - census["ops"].get("Gemm", {}).get("quantized", 0), "float": 0}
+    cpu, trt = runtime_census(work / "cpu.onnx"), runtime_census(int8[0])
+    assert set(cpu["float"]) <= {"ConvTranspose"}, cpu  # ConvTranspose is never quantized (module docstring)
+    assert cpu["integer_fraction"] > trt["integer_fraction"]
+    images = np.random.default_rng(1).integers(0, 256, (2, 3, *spec.input_size), dtype=np.uint8)
+    (s32, _, _), (s8, _, _) = run(fp32, images), run(work / "cpu.onnx", images)
+    assert np.abs(s8 - s32).max() < 0.05
+    with pytest.raises(ValueError, match="unknown INT8 target"):
+        quantize_int8(fp32, work / "x.onnx", selection=selection, spec=spec, cache_dir=work / "cache", target="arm")
+
+
+def test_ort_profile_names_top_ops(tiny, int8) -> None:
+    from sskd_deploy.runtime.onnxruntime_runner import profile_ort
+
+    _, spec, _, _ = tiny
+    images = np.zeros((1, 3, *spec.input_size), np.uint8)
+    prof = profile_ort(int8[0], images, threads=1, runs=2, top=5)
+    assert prof["runs"] == 2 and prof["total_ms"] > 0 and len(prof["by_op_type"]) == 5
+    ms = [r["ms"] for r in prof["by_op_type"]]
+    assert ms == sorted(ms, reverse=True) and sum(r["percent"] for r in prof["by_op_type"]) <= 100.5
+    assert all(r["name"].startswith("/") for r in prof["top_nodes"])
+    ops = {r["op_type"]: r["count"] for r in prof["by_op_type"]}
+    graph_ops = Counter(n.op_type for n in onnx.load(str(int8[0])).graph.node)
+    assert any(op.startswith("QLinear") or op == "MatMulIntegerToFloat" for op in ops)
+    assert all(count <= 3 * max(graph_ops.values()) for count in ops.values())  # per run, warm-up dropped
