@@ -106,6 +106,16 @@ def test_fp32_census_and_info(fp32_runner) -> None:
     assert "openvino-fp32" in repr(fp32_runner)
 
 
+def test_bf16_hint_is_reported_as_what_ran(tiny) -> None:
+    """bf16 where the CPU has it (this one does: AVX-512 BF16), else OpenVINO runs f32 and the runner says so."""
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    runner = OpenVINORunner(tiny[0], threads=1, precision="bf16")
+    assert runner.info.precision == ("bf16" if has_bf16 else "fp32")
+    assert runner.info.name == f"openvino-{runner.info.precision}"
+    assert runner.info.details["precision_hint"] == "bf16"
+    runner.close()
+
+
 def test_bad_input_is_rejected_with_the_tensor_name(fp32_runner) -> None:
     with pytest.raises(ValueError, match="images: dtype float32"):
         fp32_runner.run(_images(1).astype(np.float32))
