@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,export,serve,test
+EXTRAS ?= train,export,serve,test,openvino
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # The Triton server (bundled in nvidia-pytriton) and the environment its Python backend runs in.

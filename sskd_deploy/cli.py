@@ -200,7 +200,7 @@ def serve(
     metrics_port: Annotated[Optional[int], typer.Option(help="Metrics port (0: any free port; default 8002).")] = None,
     host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Graph to serve: fp32, fp16, int8 or mixed.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, python, onnxruntime or tensorrt.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, python, onnxruntime, tensorrt or openvino.")] = None,
     repository: Annotated[Optional[Path], typer.Option(help="Where to generate the model repository.")] = None,
 ) -> None:
     """Generate the Triton model repository from the artifact's IOSpec, start tritonserver, wait until

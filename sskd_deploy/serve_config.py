@@ -20,12 +20,18 @@ class ServeConfig(Section):
     repository: PathField = Path("triton_models")  # relative to the working directory
     model_name: Optional[str] = None  # null: the IOSpec's model name ("student-tiny" -> student_tiny)
     precision: Literal["fp32", "fp16", "int8", "mixed"] = "fp32"  # which graph of the artifact is served
-    backend: Literal["auto", "python", "onnxruntime", "tensorrt"] = "auto"  # auto: onnxruntime if installed, else python
+    # auto: onnxruntime if installed, else python; openvino: Triton's OpenVINO backend (NVIDIA's containers)
+    backend: Literal["auto", "python", "onnxruntime", "tensorrt", "openvino"] = "auto"
     max_batch: Count = 8  # Triton max_batch_size (at most the artifact's export.max_batch)
     max_queue_delay_us: Annotated[int, Strict(), Field(ge=0)] = 0  # extra wait for a fuller batch (0: batch what is queued)
     instances: Count = 1  # model instances (instance_group count)
     threads: Optional[Count] = None  # ONNX Runtime intra-op threads per instance (null: ONNX Runtime's default)
     tensorrt_accelerator: bool = False  # ONNX model on GPU: TensorRT execution accelerator (FP16)
+    # What the Python-backend model runs the graph with; openvino must be installed in serve.backend_env.
+    python_runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    # OpenVINO's INFERENCE_PRECISION_HINT for float layers (openvino form, and python form on openvino):
+    # always written, since OpenVINO left alone runs float layers in bf16 on CPUs that have bf16.
+    openvino_precision: Literal["f32", "bf16"] = "f32"
     host: str = "127.0.0.1"
     grpc_port: Port = 8001
     http_port: Port = 8000

@@ -127,7 +127,8 @@ def locate_triton(triton_home: Path | None = None, backend_env: Path | None = No
 def choose_form(install: TritonInstall, requested: str, *, has_engine: bool) -> str:
     """Which repository form this install can serve: ``auto`` prefers the native ONNX Runtime backend."""
     available = {"python": "python" in install.backends, "onnxruntime": "onnxruntime" in install.backends,
-                 "tensorrt": "tensorrt" in install.backends and has_engine}
+                 "tensorrt": "tensorrt" in install.backends and has_engine,
+                 "openvino": "openvino" in install.backends}
     if requested == "auto":
         for form in ("onnxruntime", "python"):
             if available[form]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
-HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient"}
+HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient",
+         "openvino", "nncf"}
 CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
         "evaluation", "prediction", "config", "config_io", "config_types", "train_config", "export_config", "serve_config", "bench_config", "model_config", "teacher_config", "data", "weights"}
 LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "report", "cli", "pipeline", "pipeline_serve", "pipeline_bench", "pipeline_teacher"}

@@ -102,9 +102,38 @@ def test_config_matches_iospec_and_parses_back(form):
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert IOSpec.from_json(params["iospec"]) == SPEC and params["iospec_sha256"] == SPEC.digest()
     expected = {"onnxruntime": ("onnxruntime_onnx", "onnxruntime"), "tensorrt": ("tensorrt_plan", "tensorrt"),
-                "python": ("", "python")}[form]
+                "python": ("", "python"), "openvino": ("", "openvino")}[form]
     assert (config.platform, config.backend) == expected
-    assert ("intra_op_thread_count" in params) == (form != "tensorrt")
+    assert ("intra_op_thread_count" in params) == (form in ("onnxruntime", "python"))
+    assert (params.get("INFERENCE_NUM_THREADS") == "3") == (form == "openvino")
+
+
+def test_openvino_config_uses_the_backends_own_keys():
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = build_config(SPEC, "openvino", "m", ServeConfig(max_batch=4), precision="fp32", graph_sha256="x")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.default_model_filename == "model.onnx"
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    # the backend fixes the batch at max_batch_size and rejects smaller ones (the batch-1 warm-up too) without padding
+    assert params["ENABLE_BATCH_PADDING"] == "YES" and params["PERFORMANCE_HINT"] == "LATENCY"
+    assert params["NUM_STREAMS"] == "1" and "HINT_BF16" not in params and "INFERENCE_NUM_THREADS" not in params
+    ir = build_config(SPEC, "openvino", "m", ServeConfig(openvino_precision="bf16"), precision="int8",
+                      graph_sha256="y", openvino_ir=True)
+    ir_params = {k: v.string_value for k, v in ir.parameters.items()}
+    assert ir.default_model_filename == "model.xml" and ir_params["HINT_BF16"] == "YES"
+    assert ir_params["graph_sha256"] == "y" and ir_params["precision"] == "int8"
+
+
+def test_python_config_names_its_runtime():
+    default = {k: v.string_value for k, v in build_config(SPEC, "python", "m", ServeConfig(), precision="fp32",
+                                                           graph_sha256="x").parameters.items()}
+    assert default["runtime"] == "onnxruntime" and default["model_file"] == "model.onnx"
+    assert "precision_hint" not in default
+    settings = ServeConfig(python_runtime="openvino", openvino_precision="bf16")
+    ov = {k: v.string_value for k, v in build_config(SPEC, "python", "m", settings, precision="int8",
+                                                      graph_sha256="x", openvino_ir=True).parameters.items()}
+    assert (ov["runtime"], ov["precision_hint"], ov["model_file"]) == ("openvino", "bf16", "model.xml")
 
 
 def test_tensorrt_accelerator_on_the_onnx_model():
@@ -137,6 +166,9 @@ def test_repository_layout_reuse_and_regeneration(tmp_path):
     assert (out / "student_tiny_python" / "1" / "model.py").is_file()
     assert (out / "student_tiny_onnx" / "1" / "model.onnx").read_bytes() == graph.onnx.read_bytes()
     assert manifest["models"]["tensorrt"]["weights"] is None  # no engine in this artifact
+    assert manifest["models"]["openvino"]["weights"] == "1/model.onnx"  # no IR: OpenVINO reads the ONNX graph
+    assert parse_config((out / "student_tiny_openvino" / "config.pbtxt").read_text()).default_model_filename == \
+        "model.onnx"
     assert not (out / "student_tiny_trt" / "1" / "model.plan").exists()
     assert not generate_repository(graph, ServeConfig(), out)["regenerated"]  # unchanged inputs: kept
     (out / "student_tiny_python" / "1" / "model.onnx").unlink()  # a fresh clone: configs but no weights
@@ -146,6 +178,39 @@ def test_repository_layout_reuse_and_regeneration(tmp_path):
     assert changed["regenerated"]
     assert parse_config((out / "student_tiny_python" / "config.pbtxt").read_text()).instance_group[0].count == 3
     assert not list(tmp_path.glob("*.partial"))
+
+
+def _fake_ir(folder: Path) -> Path:
+    """Stand-in IR files: the generator only places them, it never reads them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_int8.xml").write_text("<net/>")
+    (folder / "model_int8.bin").write_bytes(b"\0" * 16)
+    return folder / "model_int8.xml"
+
+
+def test_repository_serves_the_openvino_ir_when_the_artifact_has_one(tmp_path):
+    ir = _fake_ir(tmp_path / "ir")
+    graph = _served(tmp_path, openvino=ir, openvino_sha256="cd" * 32)
+    out = tmp_path / "repo"
+    manifest = generate_repository(graph, ServeConfig(), out)
+    entry = manifest["models"]["openvino"]
+    assert entry == {"name": "student_tiny_openvino", "dir": "student_tiny_openvino", "weights": "1/model.xml",
+                     "platform": "openvino"}
+    version = out / "student_tiny_openvino" / "1"
+    assert (version / "model.xml").read_bytes() == ir.read_bytes()
+    assert (version / "model.bin").read_bytes() == ir.with_suffix(".bin").read_bytes()
+    config = parse_config((out / "student_tiny_openvino" / "config.pbtxt").read_text())
+    assert config.default_model_filename == "model.xml" and config.parameters["graph_sha256"].string_value == "cd" * 32
+    assert manifest["openvino_sha256"] == "cd" * 32
+    # the python form keeps the ONNX graph on ONNX Runtime, and takes the IR on OpenVINO
+    assert manifest["models"]["python"]["weights"] == "1/model.onnx"
+    on_openvino = generate_repository(graph, ServeConfig(python_runtime="openvino"), out)
+    assert on_openvino["regenerated"] and on_openvino["models"]["python"]["weights"] == "1/model.xml"
+    assert (out / "student_tiny_python" / "1" / "model.bin").is_file()
+    # an IR without its .bin is not a complete repository
+    (version / "model.bin").unlink()
+    assert generate_repository(graph, ServeConfig(python_runtime="openvino"), out)["regenerated"]
+    assert (version / "model.bin").is_file()
 
 
 def test_repository_refuses_foreign_directories_and_oversized_batches(tmp_path):
@@ -182,6 +247,11 @@ def test_choose_form():
     assert choose_form(both, "auto", has_engine=False) == "onnxruntime"
     assert choose_form(python_only, "auto", has_engine=False) == "python"
     assert choose_form(both, "tensorrt", has_engine=True) == "tensorrt"
+    with pytest.raises(ServeError, match="no openvino backend"):
+        choose_form(both, "openvino", has_engine=False)
+    openvino = TritonInstall(binary=Path("t"), backends=("openvino", "python"), backend_dir=None)
+    assert choose_form(openvino, "openvino", has_engine=False) == "openvino"
+    assert choose_form(openvino, "auto", has_engine=False) == "python"
     with pytest.raises(ServeError, match="no TensorRT engine"):
         choose_form(both, "tensorrt", has_engine=False)
     with pytest.raises(ServeError, match="no onnxruntime backend"):
@@ -211,8 +281,11 @@ class _Request:
         self.tensors = {k: _Tensor(k, v) for k, v in tensors.items()}
 
 
-@pytest.fixture
-def python_model(tmp_path, monkeypatch):
+@pytest.fixture(params=["onnxruntime", "openvino"])
+def python_model(request, tmp_path, monkeypatch):
+    """The generated model.py, initialised on the small graph with each runtime it offers."""
+    runtime = request.param
+    pytest.importorskip(runtime)
     fake = types.ModuleType("triton_python_backend_utils")
     fake.Tensor = _Tensor
     fake.InferenceResponse = _Response
@@ -221,7 +294,7 @@ def python_model(tmp_path, monkeypatch):
     fake.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
     graph = _served(tmp_path)
-    repo = generate_repository(graph, ServeConfig(max_batch=4, threads=1), tmp_path / "repo")
+    repo = generate_repository(graph, ServeConfig(max_batch=4, threads=1, python_runtime=runtime), tmp_path / "repo")
     model_dir = tmp_path / "repo" / repo["models"]["python"]["dir"]
     spec = importlib.util.spec_from_file_location("generated_model", model_dir / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
@@ -350,9 +423,12 @@ def test_committed_repository_configs_are_exactly_what_the_generator_writes():
     manifest = read_repository(root)
     assert manifest is not None, f"{root}: no repository.json"
     settings = ServeConfig(**manifest["settings"])
+    assert set(manifest["models"]) == set(FORMS)
     for form, entry in manifest["models"].items():
         spec = IOSpec.from_json((root / entry["dir"] / "iospec.json").read_text())
         assert spec.digest() == manifest["iospec_sha256"]
+        ir = (entry["weights"] or "").endswith(".xml")
         expected = config_text(build_config(spec, form, entry["name"], settings, precision=manifest["precision"],
-                                            graph_sha256=manifest["graph_sha256"]))
+                                            graph_sha256=manifest["openvino_sha256"] if ir else manifest["graph_sha256"],
+                                            openvino_ir=ir))
         assert (root / entry["dir"] / "config.pbtxt").read_text() == expected, entry["dir"]
