@@ -40,7 +40,7 @@ class BenchConfig(Section):
     # presets: auto when the [openvino] extra is installed, on: its absence is an error.
     openvino: Literal["auto", "on", "off"] = "auto"
     # Runners whose top ops by time are written (profile_<runner>.json, shown in the report): ONNX
-    # Runtime's profiler or OpenVINO's performance counters, batch 1, first model group that has the runner.
+    # Runtime's profiler or OpenVINO's performance counters, batch 1, in every model group that has the runner.
     profile: tuple[str, ...] = ()
     parity_images: Annotated[int, Strict(), Field(ge=0)] = 32  # val images for the torchao rows' AP drop (0: none)
     # Grounded-SAM2 as a pair's teacher (`--pair grounded-sam2:student-s`): the frame Grounding DINO sees.

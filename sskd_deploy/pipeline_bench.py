@@ -228,7 +228,7 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
               "environment": bench_environment(), "versions": library_versions(), "peaks": peaks, "rows": rows,
               "pairs": pairs, "skipped": skipped, "parity": parity, "profiles": profiles,
               "plots": write_plots(rows, pairs, peaks, out)}
-    missing = sorted(set(settings.profile) - set(profiles))
+    missing = sorted(set(settings.profile) - {key.rsplit(" / ", 1)[1] for key in profiles})
     if missing:
         console.print(f"[yellow]warning[/yellow]: --profile {', '.join(missing)}: no such runner was timed "
                       f"(runners: {', '.join(sorted({r['runner'] for r in rows}))})", soft_wrap=True)
@@ -252,22 +252,26 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
 
 def profile_group(group: ModelGroup, images: list, settings: BenchConfig, out: Path, *, done: dict,
                   log) -> dict[str, dict[str, Any]]:
-    """Profile the runners of ``group`` named in ``bench.profile`` (batch 1; each runner name once, in the
-    first group that has it); writes ``profile_<runner>.json`` beside ``out`` and returns the summaries."""
+    """Profile the runners of ``group`` named in ``bench.profile`` (batch 1, in every group that has them);
+    writes ``profile_<model>_<runner>.json`` beside ``out`` and returns the summaries by ``"<model> / <runner>"``."""
+    import re
+
     from sskd_deploy.bench.op_profile import profile_runner
     from sskd_deploy.preprocess import preprocess_batch
 
     found = {}
     for name in settings.profile:
         runner = group.runners.get(name)
-        if runner is None or name in done:
+        key = f"{group.label} / {name}"
+        if runner is None or key in done:
             continue
         batch, _ = preprocess_batch(images[:1], group.spec.input_size)
         profile = profile_runner(runner, batch, threads=settings.threads)
         profile["model"], profile["path"] = group.label, group.recorded_path(profile["path"])
-        path = out.with_name(f"profile_{name}.json")
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", group.label).strip("-")
+        path = out.with_name(f"profile_{slug}_{name}.json")
         atomic_write_json(path, profile, indent=2)
-        found[name] = {**profile, "file": path.name}
+        found[key] = {**profile, "file": path.name}
         top = ", ".join(f"{r['op_type']} {r['ms']:.1f} ms ({r['percent']:.0f}%)" for r in profile["by_op_type"][:5])
         log(f"  profile {name}: {profile['total_ms']:.1f} ms of kernels per call; top: {top} -> {path.name}")
     return found

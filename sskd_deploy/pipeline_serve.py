@@ -53,9 +53,12 @@ def served_graph(artifact_dir: Path, precision: str, *, tensorrt: bool = False) 
     check_graph_spec(path, spec, manifest)
     engine = next((artifact_dir / f for f, e in manifest["files"].items()
                    if e.get("backend") == "tensorrt" and e.get("precision") == precision), None)
+    ir = next((f for f, e in manifest["files"].items()
+               if e.get("backend") == "openvino" and e.get("precision") == precision), None)
     return ServedGraph(spec=spec, onnx=path, onnx_sha256=digest, precision=precision,
                        export_max_batch=int(manifest["export_config"]["max_batch"]), engine=engine,
-                       artifact=str(artifact_dir))
+                       artifact=str(artifact_dir), openvino=None if ir is None else artifact_dir / ir,
+                       openvino_sha256="" if ir is None else verified_file(artifact_dir, manifest, ir))
 
 
 def prepare_server(config: Config, artifact_dir: Path | None, *, console: Console, any_port: bool = False):
@@ -159,14 +162,20 @@ def predict_command(url: str, inputs: list[Path], *, out: Path, model: str | Non
     return 2 if result.failures else 0
 
 
+def _served_sha(runner: Any) -> str | None:
+    return runner.config.get("parameters", {}).get("graph_sha256", {}).get("string_value")
+
+
 def graph_served_by(runner: Any, artifact_dir: Path, url: str) -> ServedGraph:
     """The artifact graph a Triton model serves, matched by the graph hash in its config: the CPU INT8 graph,
     or TensorRT's when the repository was generated for the TensorRT accelerator. An SSKDError when neither."""
-    served = runner.config.get("parameters", {}).get("graph_sha256", {}).get("string_value")
+    served = _served_sha(runner)
     graph = served_graph(artifact_dir, runner.precision)
     if served != graph.onnx_sha256 and runner.precision in TENSORRT_GRAPH_FILES:
         alternative = served_graph(artifact_dir, runner.precision, tensorrt=True)
         graph = alternative if alternative.onnx_sha256 == served else graph
+    if served == graph.openvino_sha256 and served:  # the python form running the OpenVINO IR
+        return graph
     if served != graph.onnx_sha256:
         raise SSKDError(f"{url}: model {runner.model} serves a different {runner.precision} graph than "
                         f"{graph.onnx} (graph hashes differ); regenerate the repository and restart the server")
@@ -182,7 +191,13 @@ def verify_triton(artifact_dir: Path, url: str, model: str | None, dataset, conf
     runner = _connect(url, model, artifact_dir)
     try:
         graph = graph_served_by(runner, Path(artifact_dir), url)
-        local = OrtRunner(graph.onnx, threads=config.export.threads, name=f"onnxruntime-{runner.precision}")
+        if graph.openvino is not None and _served_sha(runner) == graph.openvino_sha256:
+            from sskd_deploy.runtime.openvino_runner import OpenVINORunner
+
+            local = OpenVINORunner(graph.openvino, threads=config.export.threads, name=f"openvino-{runner.precision}",
+                                   precision=config.serve.openvino_precision)
+        else:
+            local = OrtRunner(graph.onnx, threads=config.export.threads, name=f"onnxruntime-{runner.precision}")
         console.print(f"triton parity: {len(dataset.records)} images of {dataset.name!r}, {runner.model} at {url} "
                       f"vs {local.info.name} in-process")
         report = compare_runners(local, {"triton": runner}, dataset, budgets=config.export.budgets,

@@ -46,7 +46,7 @@ def _profile_parts(profiles: dict[str, Any]) -> list[object]:
     for name, prof in profiles.items():
         if not isinstance(prof, dict):
             continue
-        parts.append(tag("h3", f"Top ops: {name} ({prof.get('model', DASH)})"))
+        parts.append(tag("h3", f"Top ops: {name}"))
         types = [[r.get("op_type", DASH), fmt(r.get("ms"), 2), fmt(r.get("percent"), 1), fmt(r.get("count"), 0)]
                  for r in prof.get("by_op_type", []) if isinstance(r, dict)]
         parts.append(table(["op type", "ms", "%", "count"], types, align="lrrr",

@@ -231,11 +231,12 @@ def test_ort_profile_names_top_ops(tiny, int8) -> None:
 
     _, spec, _, _ = tiny
     images = np.zeros((1, 3, *spec.input_size), np.uint8)
-    prof = profile_ort(int8[0], images, threads=1, runs=2, top=5)
-    assert prof["runs"] == 2 and prof["total_ms"] > 0 and len(prof["by_op_type"]) == 5
+    prof = profile_ort(int8[0], images, threads=1, runs=2, top=100)
+    assert prof["runs"] == 2 and prof["total_ms"] > 0 and 5 < len(prof["by_op_type"]) < 100
     ms = [r["ms"] for r in prof["by_op_type"]]
-    assert ms == sorted(ms, reverse=True) and sum(r["percent"] for r in prof["by_op_type"]) <= 100.5
-    assert all(r["name"].startswith("/") for r in prof["top_nodes"])
+    assert ms == sorted(ms, reverse=True) and sum(r["percent"] for r in prof["by_op_type"]) == pytest.approx(100, abs=1)
+    # nodes keep their module path; ORT's own layout nodes (NCHWc reorders) have none
+    assert sum(r["name"].startswith("/model/") for r in prof["top_nodes"]) > len(prof["top_nodes"]) / 2
     ops = {r["op_type"]: r["count"] for r in prof["by_op_type"]}
     graph_ops = Counter(n.op_type for n in onnx.load(str(int8[0])).graph.node)
     assert any(op.startswith("QLinear") or op == "MatMulIntegerToFloat" for op in ops)
