@@ -14,9 +14,11 @@ ranges, so the second graph costs seconds:
     every QuantizeLinear with more than one consumer, so the symmetric graph leaves a third of the
     convolutions and most linear layers in float between standalone Q/DQ nodes. So: asymmetric
     uint8 activations, symmetric per-channel int8 weights, int32 biases. Measured on the 2-core
-    AVX-512-VNNI machine (random student-s, 512x1024, batch 1): symmetric graph 2367 ms, this one
-    1806 ms, FP32 3530 ms; the runtime census (:func:`runtime_census`) goes from 24 of 32 convs and
-    177 of 263 linear/attention products in integer to all of them.
+    AVX-512-VNNI machine (random student-s, 512x1024, batch 1, one ``bench`` run): symmetric graph
+    2170 ms, this one 1832 ms, FP32 3219 ms, PyTorch eager 3306 ms; ONNX Runtime's runtime census
+    (:func:`sskd_deploy.runtime.onnxruntime_runner.runtime_census`) goes from 24 of 32 convs and 180
+    of 263 linear/attention products in integer kernels to all of them (only the two unquantized
+    ConvTranspose stay float), and from 263 DequantizeLinear nodes left standing to 60.
 
 What is quantized, for both: Conv, MatMul and Gemm, i.e. all the arithmetic that int8 makes faster
 (the ViT encoder's linear layers and attention products, the decoder's convolutions, the
