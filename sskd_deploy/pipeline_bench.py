@@ -259,13 +259,15 @@ def profile_group(group: ModelGroup, images: list, settings: BenchConfig, out: P
     from sskd_deploy.bench.op_profile import profile_runner
     from sskd_deploy.preprocess import preprocess_batch
 
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
+    if not any(name in group.runners for name in settings.profile):
+        return found
+    batch, _ = preprocess_batch(images[:1], group.spec.input_size)
     for name in settings.profile:
         runner = group.runners.get(name)
         key = f"{group.label} / {name}"
         if runner is None or key in done:
             continue
-        batch, _ = preprocess_batch(images[:1], group.spec.input_size)
         profile = profile_runner(runner, batch, threads=settings.threads)
         profile["model"], profile["path"] = group.label, group.recorded_path(profile["path"])
         slug = re.sub(r"[^A-Za-z0-9]+", "-", group.label).strip("-")

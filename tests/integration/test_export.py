@@ -113,6 +113,7 @@ def test_bench_times_every_runner(exported, tmp_path) -> None:
     out = tmp_path / "latency.json"
     assert main(["bench", str(artifact), "--config", str(config), "--iters", "2", "--warmup", "1", "--batch", "1,2",
                  "--compile", "--pair", "teacher-tiny:student-tiny", "--input-size", "64x96", "--out", str(out),
+                 "--profile", "onnxruntime-int8", "--profile", "openvino-int8",
                  "--set", "bench.torchao=off"]) == 0  # torchao rows: tests/unit/test_gpu_rows.py
     result = json.loads(out.read_text())
     rows = [r for r in result["rows"] if not r.get("pair_role")]
@@ -138,6 +139,12 @@ def test_bench_times_every_runner(exported, tmp_path) -> None:
     assert result["peaks"]["cpu"]["fp32_gflops"] > 0 and result["environment"]["cpu"]
     assert {"tensorrt-fp16", "tensorrt-int8"} <= {s["runner"] for s in result["skipped"]}  # no TensorRT here
     assert out.with_suffix(".csv").read_text().startswith("model,runner")
+    # --profile: top ops of each named runner, in every model that has it, written beside latency.json
+    assert set(result["profiles"]) == {f"{rows[0]['model']} / onnxruntime-int8", f"{rows[0]['model']} / openvino-int8"}
+    for profile in result["profiles"].values():
+        ms = [r["ms"] for r in profile["by_op_type"]]
+        assert profile["total_ms"] > 0 and ms == sorted(ms, reverse=True) and profile["top_nodes"]
+        assert json.loads((tmp_path / profile["file"]).read_text())["runner"] == profile["runner"]
     for name in result["plots"].values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -6,7 +6,6 @@ One export per module (~10 s); every quantization after the first calibration is
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -18,34 +17,18 @@ torch = pytest.importorskip("torch")
 
 from sskd_deploy.data.image_io import read_image
 from sskd_deploy.errors import InputError
-from sskd_deploy.export.calibration import select_calibration_images
 from sskd_deploy.export.int8 import TAIL_PREFIX, prepare_for_quantization, quantize_int8
 from sskd_deploy.export.mixed_precision import ap_budgeted_int8, block_of
 from sskd_deploy.export.qdq_rules import check_qdq_for_tensorrt
 from sskd_deploy.preprocess import preprocess_batch
 from sskd_deploy.runtime.onnx_metadata import META_CHECKPOINT, get_metadata, read_onnx_spec
-from tests.unit.test_calibration import write_images
+from tests.unit.tiny_graph import export_tiny_student
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(fp32 path, spec, selection, work dir) for student-tiny at 64x96 with random weights."""
-    from sskd_deploy.export.onnx_export import export_onnx
-    from sskd_deploy.model_config import model_preset
-    from sskd_deploy.models.deploy import DeployWrapper
-    from sskd_deploy.models.maskformer import build_model
-    from sskd_deploy.spec import IOSpec
-
-    torch.manual_seed(0)
-    cfg = model_preset("student-tiny").with_classes(3).updated(input_size=(64, 96))
-    spec = IOSpec.from_model_config(cfg, ["a", "b", "c"])
-    wrapper = DeployWrapper(model=build_model(cfg).eval(), spec=spec).eval()
-    work = tmp_path_factory.mktemp("int8")
-    export_onnx(wrapper, work / "fp32.onnx", checkpoint_sha256="0" * 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # 6 images < 32: the warning is tested in test_calibration
-        selection = select_calibration_images(write_images(work / "images"), count=16)
-    return work / "fp32.onnx", spec, selection, work
+    return export_tiny_student(tmp_path_factory.mktemp("int8"), (64, 96))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ reuse that IR, and prove that a hit runs no NNCF by making ``nncf.quantize`` rai
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -18,13 +17,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from sskd_deploy.errors import InputError
-from sskd_deploy.export.calibration import select_calibration_images
 from sskd_deploy.export.openvino_int8 import ir_census, quantize_openvino
 from sskd_deploy.runtime.base import Runner
 from sskd_deploy.runtime.onnxruntime_runner import OrtRunner
 from sskd_deploy.runtime.openvino_metadata import get_ir_metadata, read_ir_spec
 from sskd_deploy.runtime.openvino_runner import OpenVINORunner, dominant_precision
-from tests.unit.test_calibration import write_images
+from tests.unit.tiny_graph import export_tiny_student
 
 INPUT_SIZE = (64, 96)
 
@@ -32,22 +30,7 @@ INPUT_SIZE = (64, 96)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(fp32 path, spec, selection, work dir) for student-tiny at 64x96 with random weights."""
-    from sskd_deploy.export.onnx_export import export_onnx
-    from sskd_deploy.model_config import model_preset
-    from sskd_deploy.models.deploy import DeployWrapper
-    from sskd_deploy.models.maskformer import build_model
-    from sskd_deploy.spec import IOSpec
-
-    torch.manual_seed(0)
-    cfg = model_preset("student-tiny").with_classes(3).updated(input_size=INPUT_SIZE)
-    spec = IOSpec.from_model_config(cfg, ["a", "b", "c"])
-    work = tmp_path_factory.mktemp("openvino")
-    export_onnx(DeployWrapper(model=build_model(cfg).eval(), spec=spec).eval(), work / "fp32.onnx",
-                checkpoint_sha256="0" * 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # 6 images < 32: the warning is tested in test_calibration
-        selection = select_calibration_images(write_images(work / "images"), count=16)
-    return work / "fp32.onnx", spec, selection, work
+    return export_tiny_student(tmp_path_factory.mktemp("openvino"), INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")
