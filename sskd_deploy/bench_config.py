@@ -6,7 +6,7 @@ results: batch sizes, thread count, warm-up and timed iterations, which extra ru
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, Strict, field_validator
 
@@ -16,11 +16,14 @@ Threshold = Annotated[float, Strict(), Field(ge=0, le=1)]
 
 
 class BenchConfig(Section):
-    batches: tuple[Count, ...] = (1, 2, 4)  # batch sizes timed for every runner (1..B)
+    batches: tuple[Count, ...] = (1, 4)  # batch sizes timed for every runner (1..B)
     threads: Count = 2  # CPU threads for every runner (torch intra-op and ONNX Runtime)
     iters: Count = 20  # timed calls per runner and batch size
     warmup: Annotated[int, Strict(), Field(ge=0)] = 3  # untimed calls first (compilation happens here)
-    compile: bool = True  # add a torch.compile (inductor) row; the first call compiles (about a minute on 2 cores)
+    # torch.compile (inductor) rows: true | false | auto (on where a GPU is, where compiled PyTorch is a
+    # serving option; off on a CPU-only machine, where the first call compiles for about a minute on 2
+    # cores and ONNX Runtime / OpenVINO are how CPU models are served; --compile adds it there).
+    compile: Union[bool, Literal["auto"]] = "auto"
     roofline: bool = True  # measure FP32/INT8 matmul peaks and memory bandwidth; rows get % of peak
     score_threshold: Threshold = 0.5  # post-processing keeps (and pastes masks of) candidates above this
     models: tuple[str, ...] = ()  # presets also timed with random weights (e.g. student-s)

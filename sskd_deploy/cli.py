@@ -107,6 +107,9 @@ def pretrain(
     eval_every: Annotated[int, typer.Option(help="Source-val mask AP every N steps (0: at the end only).")] = 500,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Continue a completed pretraining folder: start from its weights, on images it has not seen, "
+             "with a new schedule of --steps (steps and time add up in the provenance).")] = None,
     ship_to: Annotated[Optional[Path], typer.Option(
         "--ship", help="Afterwards, write the FP16 shipped form here (the package's: sskd_deploy/weights/shipped).")] = None,
 ) -> None:
@@ -122,7 +125,8 @@ def pretrain(
         torch.set_num_threads(threads)
     try:
         settings = PretrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                    image_size=_parse_size(image_size), eval_every=eval_every)
+                                    image_size=_parse_size(image_size), eval_every=eval_every,
+                                    init=str(init.resolve()) if init else None)
         console = _console()
         provenance = run_pretrain(out, settings, parts=tuple(part or ("teacher", "student")),
                                   device=pick_device(device), console=console, log=console.print)

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sskd_deploy.config_types import PathField, Section
 from sskd_deploy.teacher_config import GROUNDED_SAM2, GroundedSam2Config
-from sskd_deploy.weights import SHIPPED, has_shipped, shipped_path
+from sskd_deploy.weights import SHIPPED, SHIPPED_WHOLE, has_shipped, is_keyword, shipped_path
 
 STAGES = ("teacher_1a", "teacher_1b", "student_2", "student_3", "supervised")
 
@@ -79,9 +79,11 @@ class TrainConfig(Section):
     teacher: str = "teacher-tiny"
     input_size: Optional[tuple[int, int]] = (192, 256)  # overrides the presets' size; None keeps it
     # Pretrained starts: "shipped" (the package's stand-ins pretrained on the source world, tiny presets
-    # only), a path (student: encoder weights, a Hugging Face DINOv2 dir or .pth; teacher: those, or a
-    # whole sskd-deploy checkpoint whose class head is sliced to the data's class names), or None (random).
-    student_weights: Optional[PathField] = Path(SHIPPED)
+    # only: the whole teacher-tiny; the student-tiny encoder alone, the paper's setting), "shipped-whole"
+    # (student-tiny pretrained whole: the default, see README "The foundation stand-ins"), a path (encoder
+    # weights, a Hugging Face DINOv2 dir or .pth, or a whole sskd-deploy checkpoint whose class head is
+    # sliced to the data's class names), or None (random).
+    student_weights: Optional[PathField] = Path(SHIPPED_WHOLE)
     teacher_weights: Optional[PathField] = Path(SHIPPED)
     # Preset fields overridden by the run, e.g. {encoder: {patch_size: 16}, pixel_decoder: {conv_path: true}};
     # validated against the preset here and stored in every checkpoint (ablations are configs, not edits).
@@ -148,25 +150,26 @@ class TrainConfig(Section):
     def _shipped_weights(self) -> TrainConfig:
         problems = []
         for role, preset in (("student", self.student), ("teacher", self.teacher)):
-            if self._is_shipped(role) and preset != GROUNDED_SAM2 and not has_shipped(role, preset):
-                problems.append(f"{role}_weights: shipped: no shipped weights for {preset!r} (only the tiny "
-                                f"presets have them); set train.{role}_weights to a weights path, or null for "
-                                "random initialisation")
+            keyword = self._shipped_keyword(role)
+            if keyword and preset != GROUNDED_SAM2 and not has_shipped(role, preset, keyword):
+                problems.append(f"{role}_weights: {keyword}: no such shipped weights for {preset!r} as {role} (the "
+                                "tiny presets have `shipped`, student-tiny also `shipped-whole`); set "
+                                f"train.{role}_weights to a weights path, or null for random initialisation")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
-    def _is_shipped(self, role: str) -> bool:
+    def _shipped_keyword(self, role: str) -> Optional[str]:
         value = self.student_weights if role == "student" else self.teacher_weights
-        return value is not None and str(value) == SHIPPED
+        return str(value) if is_keyword(value) else None
 
     def weights_path(self, role: str) -> Optional[Path]:
         """The ``role``'s starting weights as a path ("shipped" resolved to the package's file), or None."""
         value = self.student_weights if role == "student" else self.teacher_weights
         if value is None:
             return None
-        if self._is_shipped(role):
-            return shipped_path(role, self.student if role == "student" else self.teacher)
+        if keyword := self._shipped_keyword(role):
+            return shipped_path(role, self.student if role == "student" else self.teacher, keyword)
         return Path(value)
 
     @model_validator(mode="after")

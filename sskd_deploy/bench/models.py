@@ -64,7 +64,7 @@ class RowOptions:
     """Which PyTorch-side rows a model group gets (the ``bench`` settings that decide them)."""
 
     threads: int = 2
-    compile: bool = False
+    compile: bool | str = False  # True / False, or "auto": compiled rows only on a GPU machine
     gpu_dtypes: tuple[str, ...] = ()
     compile_mode: str = "default"
     compile_dtypes: tuple[str, ...] = ("fp16", "bf16")
@@ -115,14 +115,18 @@ def plan_torch_rows(options: RowOptions, *, cuda: bool, torchao_reason: str | No
     """
     plans: list[RowPlan] = []
     skipped: list[dict[str, str]] = []
+    compile_rows = cuda if options.compile == "auto" else bool(options.compile)
     if options.cpu or not cuda:
         plans.append(RowPlan("torch-fp32", "torch", "cpu", "fp32"))
-        if options.compile and not cuda:
+        if compile_rows and not cuda:
             plans.append(RowPlan("torch-compiled", "torch", "cpu", "fp32", compile=True))
+        elif options.compile == "auto" and not cuda:
+            skipped.append({"runner": "torch-compiled", "reason": "bench.compile: auto leaves torch.compile out on a "
+                            "CPU-only machine (about a minute of compiling on 2 cores); --compile adds it"})
     if cuda:
         for dtype in dict.fromkeys(("fp32", *options.gpu_dtypes)):
             plans.append(RowPlan(f"torch-cuda-{dtype}", "torch", "cuda", dtype))
-        if options.compile:
+        if compile_rows:
             for dtype in options.compile_dtypes:
                 plans.append(RowPlan(f"torch-cuda-compiled-{dtype}", "torch", "cuda", dtype, compile=True,
                                      compile_mode=options.compile_mode))
@@ -132,7 +136,7 @@ def plan_torch_rows(options: RowOptions, *, cuda: bool, torchao_reason: str | No
             name = f"torchao-{scheme}" if device == "cpu" else f"torchao-cuda-{scheme}"
             reason = torchao_reason or why_not
             if reason is None:
-                plans.append(RowPlan(name, "torchao", device, scheme, compile=options.compile,
+                plans.append(RowPlan(name, "torchao", device, scheme, compile=compile_rows,
                                      compile_mode=options.compile_mode if cuda else "default"))
             else:
                 skipped.append({"runner": name, "reason": reason})

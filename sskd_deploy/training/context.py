@@ -20,7 +20,7 @@ from sskd_deploy.models.checkpoint import config_differences, load_model, read_c
 from sskd_deploy.models.criterion import LossWeights, SetCriterion
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.models.matcher import HungarianMatcher
-from sskd_deploy.models.vocabulary import is_model_checkpoint, restrict_to_names
+from sskd_deploy.models.vocabulary import is_model_checkpoint, new_names, restrict_to_names
 from sskd_deploy.spec import IOSpec
 from sskd_deploy.training.data import PairedSet, SegmentationSamples
 
@@ -99,22 +99,28 @@ class TrainContext:
             source = self.whole_model(role)
             extra = {}
             if source is not None:
-                model.load_state_dict(self._named_start(role, source, config))
-                extra = {"initialised_from": str(source)}
+                state, fresh = self._named_start(role, source, config, model.state_dict())
+                model.load_state_dict(state)
+                extra = {"initialised_from": str(source), **({"new_class_rows": fresh} if fresh else {})}
             if self.is_main:
                 save_checkpoint(path, model=model, config=config, spec=self.spec(config), extra=extra)
         return path
 
-    def _named_start(self, role: str, source: Path, config: ModelConfig) -> dict:
-        """The whole model at ``source`` restricted to the data's class names, checked against ``config``."""
+    def _named_start(self, role: str, source: Path, config: ModelConfig, initial: dict) -> tuple[dict, list[str]]:
+        """The whole model at ``source`` restricted to the data's class names, checked against ``config``,
+        and the names its vocabulary lacks. The teacher must know every name (its zero-shot use); the
+        student, which learns its classes anyway, starts those names' class rows from ``initial``."""
         checkpoint = read_checkpoint(source)
-        sliced, state = restrict_to_names(checkpoint, self.class_names, source)
+        sliced = checkpoint.model_config.with_classes(len(self.class_names))
         # the input size does not change the weights (position embeddings are interpolated per input)
         differences = config_differences(sliced.updated(input_size=config.input_size), config)
         if differences:
             raise InputError(source, f"this pretrained {role} does not match train.{role} and train.{role}_model: "
-                             + "; ".join(differences[:5]))
-        return state
+                             + "; ".join(differences[:5]) + f"; to change the model, start train.{role}_weights from "
+                             "encoder weights (`shipped` for student-tiny) or from random weights (null)")
+        fresh = new_names(checkpoint, self.class_names) if role == "student" else []
+        _, state = restrict_to_names(checkpoint, self.class_names, source, fresh=initial if role == "student" else None)
+        return state, fresh
 
     def load(self, checkpoint: Path, role: str) -> torch.nn.Module:
         model, _ = load_model(checkpoint, expect=self.model_config(role))

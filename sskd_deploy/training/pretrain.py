@@ -62,6 +62,7 @@ PART_PRESETS = {"teacher": "teacher-tiny", "student": "student-tiny"}
 ENCODER_DIR = "encoder"  # the student's Dinov2Model directory inside its part folder
 SHIPPED_TEACHER = "teacher-tiny.safetensors"
 SHIPPED_ENCODER = "student-tiny-encoder"
+SHIPPED_STUDENT = "student-tiny.safetensors"
 _SALT = {"teacher": 1, "student": 2}  # each part sees its own augmentation and data order
 
 
@@ -79,6 +80,7 @@ class PretrainSettings:
     checkpoint_every: int = 100
     warmup_steps: int = 100
     num_points: int = 4096
+    init: str | None = None  # a completed pretraining folder to continue from (new images, new schedule)
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be >= {low}, got {getattr(self, name)!r}" for name, low in
@@ -95,14 +97,15 @@ class PretrainSettings:
 class SourceStream(TorchDataset):
     """``length`` source-world images rendered on demand, under the weak augmentation.
 
-    Item ``i`` of epoch ``e`` is source image ``e * length + i`` (so a second epoch, if any, sees
-    new images) with its augmentation drawn from ``(seed, e, i)``: deterministic, as the loop's
-    resume needs. Samples have the keys of :class:`~sskd_deploy.training.data.SegmentationSamples`
+    Item ``i`` of epoch ``e`` is source image ``offset + e * length + i`` (so a second epoch, if any,
+    and a continued pretraining see new images) with its augmentation drawn from ``(seed, e,
+    offset + i)``: deterministic, as the loop's resume needs. Samples have the keys of :class:`~sskd_deploy.training.data.SegmentationSamples`
     without the strong view.
     """
 
-    def __init__(self, *, seed: int, length: int, image_size: tuple[int, int], salt: int = 0) -> None:
+    def __init__(self, *, seed: int, length: int, image_size: tuple[int, int], salt: int = 0, offset: int = 0) -> None:
         self.seed, self.length, self.image_size, self.salt = seed, length, tuple(image_size), salt
+        self.offset = offset  # images an earlier pretraining already saw: this stream starts after them
         self.weak = WeakAugment(output_size=self.image_size, scale_range=(0.75, 1.25), hflip_prob=0.5)
         self.epoch = 0
 
@@ -113,9 +116,9 @@ class SourceStream(TorchDataset):
         return self.length
 
     def __getitem__(self, index: int) -> Sample:
-        number = self.epoch * self.length + index
+        number = self.offset + self.epoch * self.length + index
         image, instances = render_image(self.seed * 16 + self.salt, 0, number, self.image_size, "source")
-        rng = np.random.default_rng((self.seed, self.salt, self.epoch, index))
+        rng = np.random.default_rng((self.seed, self.salt, self.epoch, self.offset + index))
         weak, masks, keep, valid = self.weak(image, instances.masks, rng)
         masks, labels = masks[keep], instances.labels[keep]
         return {"weak": _chw(weak), "labels": torch.from_numpy(labels.astype(np.int64)),
@@ -167,6 +170,8 @@ def pretrain_part(
     val = source_val(out, settings)
     torch.manual_seed(settings.seed * 16 + _SALT[part])
     model = build_model(config)
+    before = _continued_part(settings.init, part, config, model) if settings.init else None
+    offset = before["images_seen"] if before else 0
     matcher = HungarianMatcher(num_points=settings.num_points, class_cost="ce")
     criterion = SetCriterion(num_classes=len(SOURCE_CLASSES), matcher=matcher, num_points=settings.num_points,
                              weights=LossWeights(semantic_weight=1.0, semantic_loss="pooled"))
@@ -177,14 +182,15 @@ def pretrain_part(
                       checkpoint_every=settings.checkpoint_every, eval_every=settings.eval_every,
                       seed=settings.seed * 16 + _SALT[part])
     stream = SourceStream(seed=settings.seed, length=settings.steps * settings.batch_size,
-                          image_size=settings.image_size, salt=_SALT[part])
+                          image_size=settings.image_size, salt=_SALT[part], offset=offset)
     start = time.perf_counter()
     result = train_loop(out_dir=folder, model=model, step_fn=step_fn, dataset=stream, collate=collate_samples,
                         cfg=loop, param_groups=model.parameter_groups(decay_embeddings=False), console=console,
                         device=device, evaluate=lambda net: evaluate_on(net, config, val, device))
     seconds = time.perf_counter() - start
     spec = IOSpec.from_model_config(config, SOURCE_CLASSES)
-    extra = {"pretrained_on": "source world", "part": part, "steps": result.steps}
+    chain = _chain_totals(before, result.steps * settings.batch_size, result.steps, result.seconds)
+    extra = {"pretrained_on": "source world", "part": part, "steps": result.steps, **chain}
     save_checkpoint(folder / "model.safetensors", model=model, config=config, spec=spec, extra=extra)
     if part == "student":
         save_encoder_as_dinov2(model.encoder, folder / ENCODER_DIR)
@@ -193,7 +199,9 @@ def pretrain_part(
               "lr": settings.lr, "resumed_from": result.resumed_from, "final_losses": result.final_losses,
               "train_seconds": round(result.seconds, 1), "wall_seconds_this_run": round(seconds, 1), "device": str(device),
               "threads": torch.get_num_threads(), "settings": _settings_json(settings), "code": code,
-              "source_world": source_world_parameters(settings), **scores}
+              "source_world": source_world_parameters(settings), **chain, **scores}
+    if before is not None:
+        record["continued_from"] = before
     if (folder / "metrics.jsonl").is_file():
         plot_curves(folder / "metrics.jsonl", folder / "curves.png")
     mark_complete(folder, record)
@@ -213,6 +221,35 @@ def pretrain(
     for part in parts:
         pretrain_part(part, out, settings, device=device, console=console, log=log)
     return write_provenance(out)
+
+
+def _continued_part(init: str, part: str, config: ModelConfig, model: torch.nn.Module) -> dict:
+    """Load ``init/<part>/model.safetensors`` into ``model``; returns what that pretraining had done.
+
+    The earlier pretraining must be complete and of the same model; its images are not seen again
+    (the new stream starts after them) and its steps and time add up in the new record.
+    """
+    folder = Path(init) / part
+    done = read_complete(folder)
+    if done is None:
+        raise ValueError(f"{folder}: --init needs a completed pretraining of part {part!r} (no complete.json)")
+    path = folder / "model.safetensors"
+    previous, _ = load_model(path, expect=config)
+    model.load_state_dict(previous.state_dict())
+    provenance = Path(init) / "provenance.json"
+    commands = json.loads(provenance.read_text()).get("commands", []) if provenance.is_file() else []
+    return {"path": str(path.resolve()), "commands": commands, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "images_seen": done.get("images_seen", done["steps"] * done["batch_size"]),
+            "total_steps": done.get("total_steps", done["steps"]),
+            "total_train_seconds": done.get("total_train_seconds", done["train_seconds"]),
+            "val_ap": done.get("val_ap"), "val_ap50": done.get("val_ap50")}
+
+
+def _chain_totals(before: dict | None, images: int, steps: int, seconds: float) -> dict:
+    """Images, steps and training time summed over this pretraining and the ones it continued."""
+    before = before or {"images_seen": 0, "total_steps": 0, "total_train_seconds": 0.0}
+    return {"images_seen": before["images_seen"] + images, "total_steps": before["total_steps"] + steps,
+            "total_train_seconds": round(before["total_train_seconds"] + seconds, 1)}
 
 
 def _settings_json(settings: PretrainSettings) -> dict:
@@ -279,20 +316,21 @@ def write_provenance(out: Path) -> dict:
 def ship(out: Path, dest: Path) -> dict:
     """Write the shipped form of a completed pretraining into ``dest`` (replaced atomically).
 
-    FP16 copies of the teacher checkpoint (``teacher-tiny.safetensors``) and of the student encoder
-    directory (``student-tiny-encoder/``), the provenance, a README generated from it, and
-    ``SHA256SUMS`` over every file.
+    FP16 copies of the teacher checkpoint (``teacher-tiny.safetensors``), of the student encoder
+    directory (``student-tiny-encoder/``) and of the whole student (``student-tiny.safetensors``),
+    the provenance, a README generated from it, and ``SHA256SUMS`` over every file.
     """
     missing = [part for part in PARTS if read_complete(out / part) is None]
     if missing:
         raise ValueError(f"{out}: pretraining of {missing} is not complete; run `sskd-deploy pretrain` first")
     provenance = json.loads((out / "provenance.json").read_text())
     with atomic_directory(dest, overwrite=True) as tmp:
-        teacher, checkpoint = load_model(out / "teacher" / "model.safetensors")
-        save_checkpoint(tmp / SHIPPED_TEACHER, model=teacher.half(), config=checkpoint.model_config,
-                        spec=checkpoint.spec, extra={**checkpoint.extra, "storage": "float16"})
-        student, _ = load_model(out / "student" / "model.safetensors")
-        save_encoder_as_dinov2(student.encoder, tmp / SHIPPED_ENCODER, dtype=torch.float16)
+        for part, name in (("teacher", SHIPPED_TEACHER), ("student", SHIPPED_STUDENT)):
+            model, checkpoint = load_model(out / part / "model.safetensors")
+            if part == "student":
+                save_encoder_as_dinov2(model.encoder, tmp / SHIPPED_ENCODER, dtype=torch.float16)
+            save_checkpoint(tmp / name, model=model.half(), config=checkpoint.model_config,
+                            spec=checkpoint.spec, extra={**checkpoint.extra, "storage": "float16"})
         atomic_write_json(tmp / "provenance.json", provenance, indent=2)
         (tmp / "README.md").write_text(shipped_readme(provenance))
         names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
@@ -312,18 +350,21 @@ def shipped_readme(provenance: dict) -> str:
         "stored in FP16. This file is generated by `sskd-deploy pretrain --ship`; `SHA256SUMS` lists every",
         "file's hash and a test checks them.",
         "",
-        "| file | what | preset | steps x batch | lr | device (threads) | train time | source-val mask AP / AP50 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| file | keyword | what | preset | steps x batch (source images) | lr | device (threads) | train time "
+        "| source-val mask AP / AP50 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    what = {"teacher": ("`" + SHIPPED_TEACHER + "`", "whole model, named vocabulary (sskd-deploy checkpoint)"),
-            "student": ("`" + SHIPPED_ENCODER + "/`", "encoder only, Hugging Face Dinov2Model directory")}
+    files = {"teacher": [(SHIPPED_TEACHER, "shipped", "whole model, named vocabulary (sskd-deploy checkpoint)")],
+             "student": [(SHIPPED_ENCODER + "/", "shipped", "encoder only, Hugging Face Dinov2Model directory"),
+                         (SHIPPED_STUDENT, "shipped-whole", "whole model, named vocabulary (sskd-deploy checkpoint)")]}
     for part in PARTS:
         if part not in parts:
             continue
         r = parts[part]
-        lines.append(f"| {what[part][0]} | {what[part][1]} | {r['preset']} | {r['steps']} x {r['batch_size']} | "
-                     f"{r['lr']:g} | {r['device']} ({r['threads']}) | {r['train_seconds'] / 60:.0f} min | "
-                     f"{r['val_ap']:.1f} / {r['val_ap50']:.1f} |")
+        for name, keyword, what in files[part]:
+            lines.append(f"| `{name}` | `{keyword}` | {what} | {r['preset']} | {_schedule(r)} | {r['lr']:g} | "
+                         f"{r['device']} ({r['threads']}) | {r.get('total_train_seconds', r['train_seconds']) / 60:.0f} "
+                         f"min | {r['val_ap']:.1f} / {r['val_ap50']:.1f} |")
     commits = sorted({str((r.get("code") or {}).get("commit")) for r in parts.values()})
     lines += [
         "",
@@ -333,10 +374,27 @@ def shipped_readme(provenance: dict) -> str:
         f"source-val AP is on {world['val_images']} held-out source images.",
         f"Code: commit(s) {', '.join(commits)}. Commands:",
         "",
-        *[f"    {command}" for command in provenance.get("commands", [])],
+        *[f"    {command}" for command in _all_commands(provenance)],
         "",
-        "Used by default (`train.teacher_weights: shipped`, `train.student_weights: shipped`); the teacher's",
-        "class head is sliced to the run's class names (zero-shot by name). Full record: `provenance.json`.",
+        "A config names them by keyword (`train.teacher_weights: shipped`, `train.student_weights: shipped` or",
+        "`shipped-whole`); a whole model's class head is sliced to the run's class names (zero-shot by name).",
+        "Full record: `provenance.json`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _all_commands(provenance: dict) -> list[str]:
+    """The commands of the pretrainings this one continued (earliest first), then its own."""
+    earlier = [c for r in provenance["parts"].values() for c in (r.get("continued_from") or {}).get("commands", [])]
+    return list(dict.fromkeys([*earlier, *provenance.get("commands", [])]))
+
+
+def _schedule(record: dict) -> str:
+    """``steps x batch (images)``, with the earlier pretraining a continued one started from."""
+    images = record.get("images_seen", record["steps"] * record["batch_size"])
+    here = f"{record['steps']} x {record['batch_size']}"
+    before = record.get("continued_from")
+    if before is None:
+        return f"{here} ({images})"
+    return f"{before['total_steps']} steps, then {here} ({images} in all)"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -169,3 +170,11 @@ def test_user_coco_data_sizes_the_heads(tmp_path: Path) -> None:
     checkpoint = read_checkpoint(tmp_path / "run" / "train" / "supervised" / "model.safetensors")
     assert checkpoint.model_config.num_classes == 3
     assert tuple(checkpoint.spec.class_names) == ("bolt", "nut", "washer")
+    # the default student (whole pretrained student-tiny) keeps its weights; names it never saw start new rows
+    from sskd_deploy.weights import shipped_path
+
+    init = read_checkpoint(tmp_path / "run" / "train" / "init" / "student.safetensors")
+    assert init.extra["new_class_rows"] == ["bolt", "nut", "washer"]
+    shipped = read_checkpoint(shipped_path("student", "student-tiny", "shipped-whole"))
+    key = "encoder.backbone.embeddings.cls_token"
+    assert torch.equal(init.state_dict[key], shipped.state_dict[key].float())

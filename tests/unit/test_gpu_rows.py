@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from sskd_deploy.bench import models as bench_models
 from sskd_deploy.bench.models import RowOptions, plan_torch_rows, torch_runners
+from sskd_deploy.bench_config import BenchConfig
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.model_config import model_preset
 from sskd_deploy.models.deploy import DeployWrapper
@@ -47,6 +48,16 @@ def test_cpu_plan_is_the_reference_the_compiled_row_and_torchao_int8() -> None:
     assert skipped == [{"runner": "torchao-float8", "reason": "needs sm89"}]
     plans, skipped = plan_torch_rows(options, cuda=False, torchao_reason="not installed", schemes={"int8": None})
     assert "torchao-int8" not in _names(plans) and skipped[0]["reason"] == "not installed"
+
+
+def test_compile_auto_compiles_on_a_gpu_and_says_why_not_on_a_cpu() -> None:
+    options = RowOptions(compile="auto", gpu_dtypes=("fp16",), compile_dtypes=("fp16",), torchao="auto")
+    plans, skipped = plan_torch_rows(options, cuda=False, torchao_reason=None)
+    assert _names(plans) == ["torch-fp32", "torchao-int8"] and not plans[1].compile
+    assert skipped[0]["runner"] == "torch-compiled" and "--compile adds it" in skipped[0]["reason"]
+    plans, skipped = plan_torch_rows(options, cuda=True, torchao_reason=None, schemes={"int8": None})
+    assert "torch-cuda-compiled-fp16" in _names(plans) and plans[-1].compile and not skipped
+    assert BenchConfig().compile == "auto" and BenchConfig(compile=True).compile is True
 
 
 def test_cuda_plan_has_every_gpu_row_and_cudagraph_compiles() -> None:

@@ -3,6 +3,7 @@ shipped form), zero-shot use by class name, and the weights the package ships.""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -65,6 +66,9 @@ def test_source_stream_is_deterministic_and_new_each_epoch() -> None:
     assert first["masks"].shape[0] == first["labels"].shape[0]
     stream.set_epoch(1)
     assert not torch.equal(first["weak"], stream[2]["weak"]) and stream[2]["image_id"] == 6
+    # a continued pretraining starts after the images the earlier one saw
+    later = SourceStream(seed=0, length=4, image_size=(64, 96), salt=1, offset=8)
+    assert later[0]["image_id"] == 8 and not torch.equal(later[0]["weak"], first["weak"])
 
 
 def _vocabulary_teacher(tmp_path: Path) -> Path:
@@ -90,6 +94,12 @@ def test_class_head_sliced_by_name_predicts_as_the_vocabulary_model(tmp_path: Pa
     rows = [SOURCE_CLASSES.index(n) for n in names] + [len(SOURCE_CLASSES)]
     assert torch.allclose(b["pred_logits"], a["pred_logits"][..., rows], atol=1e-5)
     assert torch.allclose(b["pred_masks"], a["pred_masks"], atol=1e-5)
+    # a student learns its classes anyway: a new name takes its rows from a freshly initialised model
+    fresh = build_model(checkpoint.model_config.with_classes(2)).state_dict()
+    _, state = restrict_to_names(checkpoint, ("ring", "bolt"), path, fresh=fresh)
+    head = "transformer_decoder.class_embed.weight"
+    assert torch.equal(state[head][0], checkpoint.state_dict[head][SOURCE_CLASSES.index("ring")])
+    assert torch.equal(state[head][1], fresh[head][1]) and torch.equal(state[head][2], checkpoint.state_dict[head][-1])
     with pytest.raises(InputError, match="not in this teacher's vocabulary") as err:
         restrict_to_names(checkpoint, ("ring", "bolt"), path)
     assert "hexagon" in str(err.value) and "'bolt'" in str(err.value)
@@ -118,8 +128,21 @@ def test_pretrain_writes_resumable_parts_provenance_and_the_shipped_form(tmp_pat
         pretrain(out, PretrainSettings(steps=3, batch_size=1, image_size=(64, 96), num_val=2), parts=("student",),
                  device=torch.device("cpu"))
     pretrain(out, settings, parts=("student",), device=torch.device("cpu"))  # resumes from its state
+    # --init: continue from the finished weights on new images; steps, images and time add up
+    more = tmp_path / "more"
+    with pytest.raises(ValueError, match="no complete.json"):
+        pretrain(more, dataclasses.replace(settings, init=str(tmp_path / "absent")), parts=("student",),
+                 device=torch.device("cpu"))
+    again = pretrain(tmp_path / "more2", dataclasses.replace(settings, init=str(out)), device=torch.device("cpu"))
+    for part, record in again["parts"].items():
+        before = record["continued_from"]
+        assert before["sha256"] == hashlib.sha256((out / part / "model.safetensors").read_bytes()).hexdigest()
+        assert before["commands"] and before["path"] == str((out / part / "model.safetensors").resolve())
+        assert (record["images_seen"], record["total_steps"]) == (4, 4)
+        assert record["total_train_seconds"] >= before["total_train_seconds"]
     dest = tmp_path / "shipped"
-    ship(out, dest)
+    ship(tmp_path / "more2", dest)
+    assert "2 steps, then 2 x 1 (4 in all)" in (dest / "README.md").read_text()
     for line in (dest / CHECKSUMS).read_text().splitlines():
         digest, name = line.split("  ")
         assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest
@@ -129,6 +152,10 @@ def test_pretrain_writes_resumable_parts_provenance_and_the_shipped_form(tmp_pat
     student = build_model(model_preset("student-tiny").with_classes(6).updated(
         input_size=(64, 96), encoder={"weights": str(dest / "student-tiny-encoder")}))
     assert student.encoder.weights_report["format"] == "huggingface"
+    whole = read_checkpoint(dest / "student-tiny.safetensors")
+    assert tuple(whole.spec.class_names) == SOURCE_CLASSES
+    assert torch.equal(whole.state_dict["encoder.backbone.embeddings.cls_token"].float(),
+                       student.encoder.backbone.embeddings.cls_token.float())
 
 
 def test_shipped_weights_match_their_checksums_and_load() -> None:
@@ -137,13 +164,14 @@ def test_shipped_weights_match_their_checksums_and_load() -> None:
         digest, name = line.split("  ")
         listed[name] = digest
         assert hashlib.sha256((FOLDER / name).read_bytes()).hexdigest() == digest, name
-    assert {"teacher-tiny.safetensors", "student-tiny-encoder/model.safetensors",
+    assert {"teacher-tiny.safetensors", "student-tiny.safetensors", "student-tiny-encoder/model.safetensors",
             "student-tiny-encoder/config.json", "provenance.json"} <= set(listed)
     assert sum((FOLDER / name).stat().st_size for name in listed) <= 40 * 2**20
     teacher = read_checkpoint(shipped_path("teacher", "teacher-tiny"))
     assert set(SYNTH_CLASSES) <= set(teacher.spec.class_names)
-    config, state = restrict_to_names(teacher, SYNTH_CLASSES, FOLDER)
-    build_model(config).load_state_dict(state)
+    for whole in (teacher, read_checkpoint(shipped_path("student", "student-tiny", "shipped-whole"))):
+        config, state = restrict_to_names(whole, SYNTH_CLASSES, FOLDER)
+        build_model(config).load_state_dict(state)
     student = build_model(model_preset("student-tiny").with_classes(6).updated(
         encoder={"weights": str(shipped_path("student", "student-tiny"))}))
     assert student.encoder.weights_report["interpolated"] == {}
@@ -156,9 +184,13 @@ def test_shipped_weights_match_their_checksums_and_load() -> None:
 def test_shipped_is_the_default_and_only_for_the_tiny_presets() -> None:
     train = TrainConfig()
     assert train.weights_path("teacher") == shipped_path("teacher", "teacher-tiny")
-    assert train.weights_path("student") == shipped_path("student", "student-tiny")
+    assert train.weights_path("student") == shipped_path("student", "student-tiny", "shipped-whole")
+    encoder = TrainConfig(student_weights="shipped").weights_path("student")
+    assert encoder == shipped_path("student", "student-tiny") and encoder.is_dir()
     assert TrainConfig(student_weights=None).weights_path("student") is None
-    with pytest.raises(ValueError, match="no shipped weights for 'student-s'"):
+    with pytest.raises(ValueError, match="shipped-whole: no such shipped weights for 'student-s'"):
         TrainConfig(student="student-s")
+    with pytest.raises(ValueError, match="shipped-whole: no such shipped weights for 'teacher-tiny' as teacher"):
+        TrainConfig(teacher_weights="shipped-whole")
     TrainConfig(student="student-s", student_weights=None)
     TrainConfig(teacher="grounded-sam2")  # its weights come from train.grounded_sam2

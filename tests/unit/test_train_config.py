@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sskd_deploy.config import config_from_dict
-from sskd_deploy.errors import ConfigError
+from sskd_deploy.errors import ConfigError, InputError
 from sskd_deploy.train_config import TrainConfig
 
 
@@ -70,10 +72,17 @@ def test_model_overrides_reach_the_model_config_and_its_checkpoint(tmp_path) -> 
                                                             "synth": {"num_train": 4, "num_val": 2,
                                                                       "labeled_fraction": 0.5,
                                                                       "image_size": [64, 96]}},
-        "train": {"input_size": [64, 96], "student_model": {"decoder": {"num_layers": 2, "query_groups": 2}}},
+        "train": {"input_size": [64, 96], "student_model": {"decoder": {"num_layers": 2, "query_groups": 2}},
+                  "student_weights": "shipped"},
     })
     ctx = TrainContext(config=config, data=resolve_data(config.data), root=tmp_path / "run" / "train",
                        device="cpu")
+    # the default whole pretrained student cannot take other decoder settings: a clear error says how to start
+    whole = TrainContext(config=config.model_copy(update={"train": config.train.model_copy(
+        update={"student_weights": Path("shipped-whole")})}), data=resolve_data(config.data),
+        root=tmp_path / "whole" / "train", device="cpu")
+    with pytest.raises(InputError, match="decoder.num_layers: checkpoint has 6, config asks for 2.*shipped"):
+        whole.initial_weights("student")
     student = ctx.model_config("student")
     assert (student.decoder.num_layers, student.decoder.query_groups) == (2, 2)
     from sskd_deploy.model_config import PRESETS
