@@ -478,7 +478,7 @@ def _grounded_settings(config_path, overrides, *, weights, allow_download, box_t
                        batch_size, input_size, device):
     """The config's grounded_sam2 section with the command-line choices applied (its input size always
     resolved) and the device."""
-    from sskd_deploy.teacher_config import GroundedSam2Config
+    from sskd_deploy.config.teacher import GroundedSam2Config
 
     config = _load_config(config_path, overrides)
     g = config.train.grounded_sam2

@@ -178,7 +178,7 @@ def describe_model(
     """``model info``: build a preset (or a checkpoint's config) with random weights and measure it."""
     from rich.table import Table
 
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.info import model_info
 
     if name in GROUNDED_NAMES or (Path(name) / "grounding_dino").is_dir():
@@ -214,7 +214,7 @@ def describe_grounded(name: str, *, console: Console, json_out: Path | None) -> 
     import torch
     from rich.table import Table
 
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.grounded_sam2 import count_directory_parameters, count_large_parameters
     from sskd_deploy.models.info import count_parameters
     from sskd_deploy.models.maskformer import build_model
@@ -252,7 +252,7 @@ def profile_training_step(config: Config, *, role: str, steps: int, warmup: int,
 
     if role not in ("student", "teacher"):
         raise SSKDError(f"--role must be student or teacher, got {role!r}")
-    from sskd_deploy.model_config import PRESETS
+    from sskd_deploy.config.model import PRESETS
 
     if role == "teacher" and config.train.teacher not in PRESETS:
         raise SSKDError(f"--role teacher profiles a MaskFormer teacher preset; train.teacher is {config.train.teacher!r}")

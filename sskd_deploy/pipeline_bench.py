@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from sskd_deploy.bench.models import ModelGroup
-    from sskd_deploy.bench_config import BenchConfig
     from sskd_deploy.config import Config
+    from sskd_deploy.config.bench import BenchConfig
 
 CSV_FIELDS = ["model", "runner", "precision", "device", "provider", "batch", "threads", "timer", "p50_ms", "p90_ms",
               "p99_ms", "mean_ms", "throughput_ips", "pre_p50_ms", "post_p50_ms", "e2e_p50_ms", "e2e_throughput_ips",

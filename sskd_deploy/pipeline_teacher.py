@@ -14,10 +14,10 @@ from typing import Any
 
 from rich.console import Console
 
+from sskd_deploy.config.teacher import GroundedSam2Config
 from sskd_deploy.data.records import CategorySet, Dataset
 from sskd_deploy.errors import DatasetError, SSKDError
 from sskd_deploy.io import atomic_write_json
-from sskd_deploy.teacher_config import GroundedSam2Config
 
 
 def _open_split(path: Path, split: str | None, *, prefer: str, console: Console) -> Dataset:

@@ -118,7 +118,7 @@ class IOSpec:
 
     @classmethod
     def from_model_config(cls, config: Any, class_names: tuple[str, ...] | list[str]) -> IOSpec:
-        """Build from a :class:`sskd_deploy.model_config.ModelConfig` (duck-typed to keep spec import-light)."""
+        """Build from a :class:`sskd_deploy.config.model.ModelConfig` (duck-typed to keep spec import-light)."""
         if len(class_names) != config.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with num_classes={config.num_classes}")
         return cls(

@@ -108,7 +108,7 @@ class GroundedSam2Runner:
 def build_teacher(name: str, class_names: Sequence[str]) -> tuple[Any, str]:
     """The teacher (random weights, seed 0, for the published names; loaded from a directory otherwise) and its label."""
     from sskd_deploy.models.grounded_sam2 import GroundedSam2Teacher, large_configs, load_grounded_sam2, local_tokenizer
-    from sskd_deploy.teacher_config import GroundedSam2Config
+    from sskd_deploy.config.teacher import GroundedSam2Config
 
     cfg = GroundedSam2Config()
     if name not in PUBLISHED_NAMES:

@@ -231,7 +231,7 @@ def build_wrapper(name: str, *, num_classes: int, input_size: Sequence[int] | No
             raise InputError(name, f"input size {list(checkpoint.spec.input_size)}, the benchmark asked for "
                                    f"{list(input_size)}: time checkpoints at their own size")
         return DeployWrapper(model=model, spec=checkpoint.spec).eval(), f"{Path(name).parent.name}/{Path(name).name}"
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.maskformer import build_model
 
     config = model_preset(name).with_classes(num_classes)

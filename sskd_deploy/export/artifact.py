@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config.export import ExportConfig
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import InputError, SSKDError
-from sskd_deploy.export_config import ExportConfig
 from sskd_deploy.io import atomic_directory, atomic_write_json, atomic_write_text, recorded_path
 from sskd_deploy.provenance import environment, hash_file, library_versions
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sskd_deploy.config.model import ModelConfig
 from sskd_deploy.errors import InputError
-from sskd_deploy.model_config import ModelConfig
 from sskd_deploy.spec import IOSpec
 
 CHECKPOINT_FORMAT = "sskd-deploy/checkpoint"

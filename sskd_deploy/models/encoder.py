@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Dinov2Backbone, Dinov2Config
 
+from sskd_deploy.config.model import EncoderConfig
 from sskd_deploy.errors import ConfigError, InputError
-from sskd_deploy.model_config import EncoderConfig
 from sskd_deploy.models.conv import PYRAMID_STRIDES, ConvPyramid
 from sskd_deploy.models.weights import load_encoder_weights
 

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sskd_deploy.config.model import IMAGENET_MEAN, IMAGENET_STD
+from sskd_deploy.config.teacher import GROUNDING_DIR, SAM2_DIR, TEACHER_PARTS, GroundedSam2Config
 from sskd_deploy.errors import InputError, SSKDError
-from sskd_deploy.model_config import IMAGENET_MEAN, IMAGENET_STD
 from sskd_deploy.models.criterion import dice_loss, sigmoid_bce_loss
-from sskd_deploy.teacher_config import GROUNDING_DIR, SAM2_DIR, TEACHER_PARTS, GroundedSam2Config
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _REQUIRED = {

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sskd_deploy.model_config import ModelConfig
+from sskd_deploy.config.model import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The student (and same-family teacher): DINOv2 encoder -> DPT pixel decoder -> Mask2Former decoder.
 
-One class for every preset; the sizes come from :class:`~sskd_deploy.model_config.ModelConfig`.
+One class for every preset; the sizes come from :class:`~sskd_deploy.config.model.ModelConfig`.
 The network runs at exactly ``config.input_size`` (every internal size is a Python int derived
 from it, which is what lets the deploy wrapper export with static shapes); preprocessing pads
 or resizes to that size before the model sees an image.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sskd_deploy.model_config import ModelConfig
+from sskd_deploy.config.model import ModelConfig
 from sskd_deploy.models.encoder import build_encoder
 from sskd_deploy.models.pixel_decoder import DPTPixelDecoder
 from sskd_deploy.models.transformer_decoder import TransformerDecoder

@@ -30,7 +30,7 @@ from fractions import Fraction
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sskd_deploy.model_config import PixelDecoderConfig
+from sskd_deploy.config.model import PixelDecoderConfig
 from sskd_deploy.models.conv import ConvPyramid, group_norm
 from sskd_deploy.models.position import sine_position_encoding
 

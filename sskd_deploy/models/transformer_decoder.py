@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sskd_deploy.model_config import DecoderConfig
+from sskd_deploy.config.model import DecoderConfig
 from sskd_deploy.models.position import flat_sine_position_encoding
 
 MEMORY_STRIDES = (32, 16, 8)  # the memory levels, in the order layers visit them

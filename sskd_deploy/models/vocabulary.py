@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sskd_deploy.config.model import ModelConfig
 from sskd_deploy.errors import InputError
-from sskd_deploy.model_config import ModelConfig
 from sskd_deploy.models.checkpoint import Checkpoint, read_checkpoint
 
 # Parameters with one row per class plus the no-object row (the last).

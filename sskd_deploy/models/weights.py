@@ -17,7 +17,7 @@ Both are brought to one canonical layout, the Hugging Face hub names
 ``transformers`` calls its parameters (5.x: ``attention.q_proj`` ...). Two shape differences are
 adapted rather than refused: the position-embedding grid and the patch size (see the resize
 functions). Register tokens (``*_reg`` checkpoints) and ViT-g's SwiGLU feed-forward are refused
-with a clear error: :class:`~sskd_deploy.model_config.EncoderConfig` describes neither.
+with a clear error: :class:`~sskd_deploy.config.model.EncoderConfig` describes neither.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from sskd_deploy.config.model import EncoderConfig
 from sskd_deploy.errors import InputError
-from sskd_deploy.model_config import EncoderConfig
 
 StateDict = dict[str, Tensor]
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config.serve import ServeConfig
 from sskd_deploy.errors import InputError
 from sskd_deploy.io import atomic_directory, atomic_write_json, atomic_write_text
-from sskd_deploy.serve_config import ServeConfig
 from sskd_deploy.spec import IOSpec
 
 REPOSITORY_FORMAT = "sskd-deploy/triton-repository"

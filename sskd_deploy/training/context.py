@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from sskd_deploy.config import Config
+from sskd_deploy.config.model import ModelConfig, model_preset
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.data.sources import DataSources
 from sskd_deploy.errors import InputError, SSKDError
 from sskd_deploy.io import atomic_write_json
-from sskd_deploy.model_config import ModelConfig, model_preset
 from sskd_deploy.models.checkpoint import config_differences, load_model, read_checkpoint, save_checkpoint
 from sskd_deploy.models.criterion import LossWeights, SetCriterion
 from sskd_deploy.models.maskformer import build_model

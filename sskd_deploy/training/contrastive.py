@@ -145,7 +145,7 @@ class PixelContrast(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, *, in_channels: int, patch_size: int | None) -> PixelContrast:
-        """From a ``train.pxl`` section (:class:`~sskd_deploy.train_config.PixelContrastConfig`)."""
+        """From a ``train.pxl`` section (:class:`~sskd_deploy.config.train.PixelContrastConfig`)."""
         return cls(in_channels=in_channels, hidden_dim=cfg.hidden_dim, embed_dim=cfg.embed_dim,
                    num_negatives=cfg.num_negatives, sampling=cfg.sampling, max_anchors=cfg.max_anchors,
                    patch_size=patch_size, strong_head=cfg.strong_head, ema_momentum=cfg.ema_momentum)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sskd_deploy.config.train import StageSchedule
 from sskd_deploy.data.coco import load_json_object
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import SSKDError
@@ -37,7 +38,6 @@ from sskd_deploy.models.grounded_sam2 import (
     state_hash,
 )
 from sskd_deploy.structures import Instances
-from sskd_deploy.train_config import StageSchedule
 from sskd_deploy.training.context import TrainContext, mark_complete
 from sskd_deploy.training.contrastive import PixelContrast, temperature_at
 from sskd_deploy.training.data import collate_samples
@@ -250,7 +250,7 @@ def grounded_teacher_1b(ctx: TrainContext, teacher_1a_weights: Path) -> dict:
 
 
 def is_grounded(ctx: TrainContext) -> bool:
-    from sskd_deploy.teacher_config import GROUNDED_SAM2
+    from sskd_deploy.config.teacher import GROUNDED_SAM2
 
     return ctx.train.teacher == GROUNDED_SAM2
 

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from sskd_deploy.config.model import ModelConfig, model_preset
 from sskd_deploy.data.augment import WeakAugment
 from sskd_deploy.data.layout import open_dataset_dir
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.data.synth import GENERATOR_NAME, GENERATOR_VERSION, generate_synthetic, render_image
 from sskd_deploy.data.synth_scene import SOURCE, SOURCE_CLASSES
 from sskd_deploy.io import atomic_directory, atomic_write_json, dumps_json
-from sskd_deploy.model_config import ModelConfig, model_preset
 from sskd_deploy.models.checkpoint import load_model, save_checkpoint
 from sskd_deploy.models.criterion import LossWeights, SetCriterion
 from sskd_deploy.models.deploy import DeployWrapper

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from sskd_deploy.config.teacher import GROUNDED_SAM2
 from sskd_deploy.evaluation import evaluate_instances
 from sskd_deploy.io import atomic_write_json
 from sskd_deploy.models.teacher import MaskFormerTeacher
 from sskd_deploy.provenance import hash_file
-from sskd_deploy.teacher_config import GROUNDED_SAM2
 from sskd_deploy.training.context import TrainContext
 from sskd_deploy.training.distributed import barrier
 from sskd_deploy.training.pseudo_labels import PseudoLabelConfig, PseudoLabelStore, build_pseudo_labels

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sskd_deploy.config import Config, dump_config
+from sskd_deploy.config.train import STAGES
 from sskd_deploy.io import atomic_write_json, atomic_write_text
-from sskd_deploy.train_config import STAGES
 from sskd_deploy.training.context import TrainContext, pick_device
 from sskd_deploy.training.distributed import cleanup, init_from_env
 from sskd_deploy.training.stages import RECIPES

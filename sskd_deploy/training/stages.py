@@ -12,11 +12,11 @@ import time
 
 from torch import nn
 
+from sskd_deploy.config.train import StageSchedule
 from sskd_deploy.io import atomic_write_json
 from sskd_deploy.models.checkpoint import save_checkpoint
 from sskd_deploy.models.deploy import DeployWrapper
 from sskd_deploy.models.inference import evaluate_wrapper
-from sskd_deploy.train_config import StageSchedule
 from sskd_deploy.training.context import TrainContext, mark_complete, read_complete, require_stage
 from sskd_deploy.training.contrastive import PixelContrast
 from sskd_deploy.training.data import collate_samples

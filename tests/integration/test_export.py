@@ -26,7 +26,7 @@ export:
 
 def _student(run: Path, class_names: tuple[str, ...], stage: str = "student_3") -> Path:
     """A seeded random student-tiny where a finished training run would leave it."""
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.checkpoint import save_checkpoint
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.spec import IOSpec

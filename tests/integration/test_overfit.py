@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.layout import open_dataset_dir
 from sskd_deploy.data.synth import generate_synthetic
-from sskd_deploy.model_config import PRESETS
 from sskd_deploy.models.criterion import SetCriterion
 from sskd_deploy.models.deploy import DeployWrapper
 from sskd_deploy.models.inference import evaluate_wrapper

@@ -38,14 +38,14 @@ def _require_openvino_in(install) -> None:
 
 def test_python_backend_on_openvino_matches_the_local_runner(tmp_path):
     _require_server()
+    from sskd_deploy.config.model import model_preset
+    from sskd_deploy.config.serve import ServeConfig
     from sskd_deploy.export.onnx_export import export_onnx
-    from sskd_deploy.model_config import model_preset
     from sskd_deploy.models.deploy import DeployWrapper
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.provenance import hash_file
     from sskd_deploy.runtime.openvino_runner import OpenVINORunner
     from sskd_deploy.runtime.triton_runner import TritonError, TritonRunner
-    from sskd_deploy.serve_config import ServeConfig
     from sskd_deploy.serving.repository import ServedGraph, generate_repository
     from sskd_deploy.serving.server import TritonServer, free_port, locate_triton
     from sskd_deploy.spec import IOSpec

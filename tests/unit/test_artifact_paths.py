@@ -19,11 +19,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from sskd_deploy.bench_config import BenchConfig
+from sskd_deploy.config.bench import BenchConfig
+from sskd_deploy.config.export import ExportConfig
 from sskd_deploy.data.layout import open_dataset_dir
 from sskd_deploy.data.synth import SYNTH_CLASSES, generate_synthetic
 from sskd_deploy.export.artifact import ExportRequest, export_artifact, relocate_runner_paths, verify_artifact
-from sskd_deploy.export_config import ExportConfig
 from sskd_deploy.io import recorded_path
 from tests.unit.test_calibration import write_images
 
@@ -63,7 +63,7 @@ def _recorded(doc: Any, where: str = "") -> Iterator[tuple[str, str]]:
 
 
 def _student(path: Path) -> Path:
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.checkpoint import save_checkpoint
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.spec import IOSpec

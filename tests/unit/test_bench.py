@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from sskd_deploy.bench.latency import add_speedups, stage_row, time_stages
 from sskd_deploy.bench.roofline import attach_roofline, measure_cpu_peaks, peak_for
-from sskd_deploy.bench_config import BenchConfig
+from sskd_deploy.config.bench import BenchConfig
 from sskd_deploy.runtime.base import RunnerInfo
 from sskd_deploy.spec import IOSpec
 
@@ -129,7 +129,7 @@ def test_bench_settings_are_validated() -> None:
 
 def test_torch_runner_variants_keep_the_contract() -> None:
     torch = pytest.importorskip("torch")
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.deploy import DeployWrapper
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.runtime.torch_runner import TorchRunner

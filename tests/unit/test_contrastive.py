@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sskd_deploy.model_config import PRESETS
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.training.contrastive import (
     PixelContrast,

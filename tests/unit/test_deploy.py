@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.errors import InputError
-from sskd_deploy.model_config import PRESETS
 from sskd_deploy.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from sskd_deploy.models.deploy import DeployWrapper, select_top_k
 from sskd_deploy.postprocess import postprocess

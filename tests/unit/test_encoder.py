@@ -19,7 +19,7 @@ from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, 
                           Dinov2ForImageClassification, Dinov2Model)
 
 from sskd_deploy.errors import ConfigError, InputError
-from sskd_deploy.model_config import EncoderConfig
+from sskd_deploy.config.model import EncoderConfig
 from sskd_deploy.models.encoder import DinoV2Encoder, build_encoder
 from sskd_deploy.models.weights import resize_patch_kernel, resize_position_embeddings
 

@@ -18,10 +18,10 @@ import onnx.numpy_helper
 import pytest
 import torch
 
+from sskd_deploy.config.model import model_preset
 from sskd_deploy.errors import InputError
 from sskd_deploy.export.fp16 import DEFAULT_KEEP_FP32, convert_fp16, selection_tail, to_fp16
 from sskd_deploy.export.onnx_export import check_against_spec, export_onnx
-from sskd_deploy.model_config import model_preset
 from sskd_deploy.models.deploy import DeployWrapper
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.runtime.onnx_metadata import META_PRECISION, get_metadata, read_onnx_spec

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 
 from sskd_deploy.bench import models as bench_models
 from sskd_deploy.bench.models import RowOptions, plan_torch_rows, torch_runners
-from sskd_deploy.bench_config import BenchConfig
+from sskd_deploy.config.bench import BenchConfig
+from sskd_deploy.config.model import model_preset
 from sskd_deploy.errors import SSKDError
-from sskd_deploy.model_config import model_preset
 from sskd_deploy.models.deploy import DeployWrapper
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.runtime import torchao_runner

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from sskd_deploy.bench import models as bench_models
 from sskd_deploy.bench.grounded import STAGES, GroundedSam2Runner, build_teacher, grounded_group, is_grounded
 from sskd_deploy.bench.models import RowOptions
-from sskd_deploy.bench_config import BenchConfig
+from sskd_deploy.config.bench import BenchConfig
 from sskd_deploy.models.grounded_sam2 import class_prompt, large_configs, local_tokenizer
 from sskd_deploy.pipeline_bench import time_pairs
 from tests.grounded_tiny import write_tiny_weights

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from sskd_deploy.cli import main
+from sskd_deploy.config.teacher import TEACHER_PARTS, GroundedSam2Config
 from sskd_deploy.errors import InputError, SSKDError
 from sskd_deploy.models.grounded_sam2 import (
     GroundedSam2Teacher,
@@ -28,7 +29,6 @@ from sskd_deploy.models.grounded_sam2 import (
     masks_to_boxes_cxcywh,
     missing_weight_files,
 )
-from sskd_deploy.teacher_config import TEACHER_PARTS, GroundedSam2Config
 from tests.grounded_tiny import tiny_models, tiny_tokenizer, write_tiny_weights
 
 transformers = pytest.importorskip("transformers")
@@ -134,8 +134,8 @@ def test_every_parameter_has_one_part_and_trainable_selects(weights: Path) -> No
 def test_pseudo_labels_have_the_store_format(weights: Path, tmp_path: Path) -> None:
     """The grounded teacher's store has exactly the files, keys and annotation fields of the MaskFormer
     teacher's, loads back as the same records, and is reused on a rerun."""
+    from sskd_deploy.config.model import PRESETS
     from sskd_deploy.data.layout import open_dataset_dir
-    from sskd_deploy.model_config import PRESETS
     from sskd_deploy.models.criterion import SetCriterion
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.models.teacher import MaskFormerTeacher
@@ -319,7 +319,7 @@ def test_label_command_writes_a_reusable_store(weights: Path, synth: Path, tmp_p
 
 
 def test_train_config_accepts_the_grounded_teacher() -> None:
-    from sskd_deploy.train_config import TrainConfig
+    from sskd_deploy.config.train import TrainConfig
 
     config = TrainConfig.model_validate({"teacher": "grounded-sam2", "grounded_sam2": {"weights": "w",
                                                                                       "box_threshold": 0.25}})

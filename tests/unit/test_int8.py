@@ -71,8 +71,8 @@ def test_int8_graph_runs_close_to_fp32(tiny, int8) -> None:
 def test_int8_of_the_dpt_path_alone_stays_tight(tmp_path, tiny) -> None:
     """The DPT path alone (conv path off) quantizes tightly: error 4 % of mean |logit|, sign agreement
     0.996 measured; a quantizer regression shows up here first."""
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.export.onnx_export import export_onnx
-    from sskd_deploy.model_config import model_preset
     from sskd_deploy.models.deploy import DeployWrapper
     from sskd_deploy.models.maskformer import build_model
 

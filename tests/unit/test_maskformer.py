@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sskd_deploy.model_config import PRESETS, ModelConfig
+from sskd_deploy.config.model import PRESETS, ModelConfig
 from sskd_deploy.models.maskformer import MaskFormer, build_model
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sskd_deploy.model_config import PRESETS
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.models.deploy import DeployWrapper
 from sskd_deploy.spec import IOSpec
 

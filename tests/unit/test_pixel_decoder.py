@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sskd_deploy.model_config import PRESETS
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.models.pixel_decoder import STRIDES, DPTPixelDecoder, Reassemble, aligned_plan, resample_factor
 from sskd_deploy.models.position import flat_sine_position_encoding, sine_position_encoding
 

@@ -14,12 +14,12 @@ import torch
 
 from sskd_deploy.data.synth import SOURCE_CLASSES, SYNTH_CLASSES, generate_synthetic, render_image
 from sskd_deploy.errors import InputError
-from sskd_deploy.model_config import model_preset
+from sskd_deploy.config.model import model_preset
 from sskd_deploy.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.models.vocabulary import is_model_checkpoint, restrict_to_names
 from sskd_deploy.spec import IOSpec
-from sskd_deploy.train_config import TrainConfig
+from sskd_deploy.config.train import TrainConfig
 from sskd_deploy.training.pretrain import PretrainSettings, SourceStream, pretrain, ship
 from sskd_deploy.weights import CHECKSUMS, FOLDER, FILES, shipped_path
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from rich.console import Console
 
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.data.coco import read_coco
 from sskd_deploy.data.image_io import write_png
 from sskd_deploy.data.records import CategorySet, Dataset, ImageRecord
 from sskd_deploy.errors import DatasetError
-from sskd_deploy.model_config import PRESETS
 from sskd_deploy.models.criterion import SetCriterion
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.models.teacher import MaskFormerTeacher

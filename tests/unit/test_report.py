@@ -51,7 +51,7 @@ def _write(path: Path, content: object) -> None:
 
 
 def _tiny_student() -> tuple[object, object, object]:
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.spec import IOSpec
 

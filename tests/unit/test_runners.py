@@ -15,11 +15,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from sskd_deploy.config.model import model_preset
 from sskd_deploy.data.layout import open_dataset_dir
 from sskd_deploy.data.synth import SYNTH_CLASSES, generate_synthetic
 from sskd_deploy.errors import InputError
 from sskd_deploy.export.onnx_export import export_onnx
-from sskd_deploy.model_config import model_preset
 from sskd_deploy.models.checkpoint import save_checkpoint
 from sskd_deploy.models.deploy import DeployWrapper
 from sskd_deploy.models.inference import evaluate_wrapper

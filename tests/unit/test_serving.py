@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc")
 
+from sskd_deploy.config.serve import ServeConfig
 from sskd_deploy.errors import InputError
-from sskd_deploy.serve_config import ServeConfig
 from sskd_deploy.serving.repository import (
     FORMS,
     ServedGraph,

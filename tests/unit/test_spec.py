@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from sskd_deploy.config.model import PRESETS, model_preset
 from sskd_deploy.errors import InputError
-from sskd_deploy.model_config import PRESETS, model_preset
 from sskd_deploy.spec import IOSpec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sskd_deploy.model_config import PRESETS
+from sskd_deploy.config.model import PRESETS
 from sskd_deploy.models.criterion import SetCriterion
 from sskd_deploy.models.maskformer import build_model
 from sskd_deploy.models.teacher import MaskFormerTeacher, Teacher

@@ -199,7 +199,7 @@ def test_sidecar_is_required(tmp_path) -> None:
 
 def _tiny_wrapper():
     torch = pytest.importorskip("torch")
-    from sskd_deploy.model_config import model_preset
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.models.deploy import DeployWrapper
     from sskd_deploy.models.maskformer import build_model
 

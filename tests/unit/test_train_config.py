@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sskd_deploy.config import config_from_dict
+from sskd_deploy.config.train import TrainConfig
 from sskd_deploy.errors import ConfigError, InputError
-from sskd_deploy.train_config import TrainConfig
 
 
 def test_method_defaults() -> None:
@@ -85,7 +85,7 @@ def test_model_overrides_reach_the_model_config_and_its_checkpoint(tmp_path) -> 
         whole.initial_weights("student")
     student = ctx.model_config("student")
     assert (student.decoder.num_layers, student.decoder.query_groups) == (2, 2)
-    from sskd_deploy.model_config import PRESETS
+    from sskd_deploy.config.model import PRESETS
 
     assert ctx.model_config("teacher").decoder == PRESETS["teacher-tiny"].decoder  # the teacher preset is untouched
     saved = read_checkpoint(ctx.initial_weights("student")).model_config

@@ -256,7 +256,7 @@ class Boxes(torch.utils.data.Dataset):
 
 
 def test_maskformer_student_trains_through_the_loop(tmp_path: Path) -> None:
-    from sskd_deploy.model_config import PRESETS
+    from sskd_deploy.config.model import PRESETS
     from sskd_deploy.models.criterion import SetCriterion
     from sskd_deploy.models.maskformer import build_model
 

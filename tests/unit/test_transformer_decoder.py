@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sskd_deploy.model_config import PRESETS, DecoderConfig
+from sskd_deploy.config.model import PRESETS, DecoderConfig
 from sskd_deploy.models.transformer_decoder import (
     NO_OBJECT_PRIOR,
     DecoderLayer,

@@ -14,9 +14,9 @@ def export_tiny_student(work: Path, input_size: tuple[int, int] = (64, 96)) -> t
     """``(fp32 path, spec, calibration selection, work)`` for student-tiny (3 classes, seed 0) at ``input_size``."""
     import torch
 
+    from sskd_deploy.config.model import model_preset
     from sskd_deploy.export.calibration import select_calibration_images
     from sskd_deploy.export.onnx_export import export_onnx
-    from sskd_deploy.model_config import model_preset
     from sskd_deploy.models.deploy import DeployWrapper
     from sskd_deploy.models.maskformer import build_model
     from sskd_deploy.spec import IOSpec

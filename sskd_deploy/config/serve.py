@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, Strict
 
-from sskd_deploy.config_types import Count, PathField, Section
+from sskd_deploy.config.types import Count, PathField, Section
 
 Port = Annotated[int, Strict(), Field(ge=0, le=65535)]  # 0: any free port
 

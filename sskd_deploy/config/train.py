@@ -13,8 +13,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from sskd_deploy.config_types import PathField, Section
-from sskd_deploy.teacher_config import GROUNDED_SAM2, GroundedSam2Config
+from sskd_deploy.config.teacher import GROUNDED_SAM2, GroundedSam2Config
+from sskd_deploy.config.types import PathField, Section
 from sskd_deploy.weights import SHIPPED, SHIPPED_WHOLE, has_shipped, is_keyword, shipped_path
 
 STAGES = ("teacher_1a", "teacher_1b", "student_2", "student_3", "supervised")
@@ -131,7 +131,7 @@ class TrainConfig(Section):
     @field_validator("student")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from sskd_deploy.model_config import PRESETS
+        from sskd_deploy.config.model import PRESETS
 
         if value not in PRESETS:
             raise ValueError(f"unknown model preset {value!r}; known: {', '.join(PRESETS)}")
@@ -140,7 +140,7 @@ class TrainConfig(Section):
     @field_validator("teacher")
     @classmethod
     def _known_teacher(cls, value: str) -> str:
-        from sskd_deploy.model_config import PRESETS
+        from sskd_deploy.config.model import PRESETS
 
         if value not in PRESETS and value != GROUNDED_SAM2:
             raise ValueError(f"unknown teacher {value!r}; known: {', '.join([*PRESETS, GROUNDED_SAM2])}")
@@ -174,7 +174,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _model_overrides(self) -> TrainConfig:
-        from sskd_deploy.model_config import PRESETS
+        from sskd_deploy.config.model import PRESETS
 
         problems = []
         for role, preset, changes in (("student_model", self.student, self.student_model),

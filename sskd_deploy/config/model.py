@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from sskd_deploy.config_types import Section
+from sskd_deploy.config.types import Section
 from sskd_deploy.errors import ConfigError
 
 # ImageNet statistics in 0..255 units: DINOv2 was pretrained with them, so the deploy graph

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from sskd_deploy.config_types import PathField, Section
+from sskd_deploy.config.types import PathField, Section
 
 GROUNDED_SAM2 = "grounded-sam2"
 # Sub-directories of a Grounded-SAM2 weights directory, each a Hugging Face save_pretrained layout.

@@ -4,7 +4,7 @@ The pydantic models below *are* the embedded default: ``Config()`` is what an em
 file) means, and ``configs/default.yaml`` spells the same values out with comments. A later stage
 adds its settings by writing one :class:`Section` subclass and adding one field to :class:`Config`;
 loading, overrides, dumping, hashing and error messages need no change. Reading and writing YAML
-and wording the problems is :mod:`sskd_deploy.config_io`'s job.
+and wording the problems is :mod:`sskd_deploy.config.io`'s job.
 
 Relative paths are kept as written and resolved against the working directory of the command that
 uses them (not against the config file's folder).
@@ -20,15 +20,14 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from sskd_deploy.config_io import dump_yaml, read_yaml, show_value, validation_problems
-from sskd_deploy.config_types import Count, Fraction, PathField, Section, Seed, Side, SplitFraction
+from sskd_deploy.config.bench import BenchConfig
+from sskd_deploy.config.export import ExportConfig
+from sskd_deploy.config.io import dump_yaml, read_yaml, show_value, validation_problems
+from sskd_deploy.config.serve import ServeConfig
+from sskd_deploy.config.train import TrainConfig
+from sskd_deploy.config.types import Count, Fraction, PathField, Section, Seed, Side, SplitFraction
 from sskd_deploy.errors import ConfigError
 from sskd_deploy.io import dumps_json
-from sskd_deploy.export_config import ExportConfig
-from sskd_deploy.bench_config import BenchConfig
-from sskd_deploy.serve_config import ServeConfig
-from sskd_deploy.train_config import TrainConfig
-
 
 PIPELINE_STEPS = ("train", "export", "bench", "report")
 

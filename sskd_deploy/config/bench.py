@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, Strict, field_validator
 
-from sskd_deploy.config_types import Count, Section
+from sskd_deploy.config.types import Count, Section
 
 Threshold = Annotated[float, Strict(), Field(ge=0, le=1)]
 

@@ -1,9 +1,9 @@
 """YAML in and out for the run configuration, and its problems as one line each.
 
-Knows nothing of the config sections themselves (:mod:`sskd_deploy.config` holds them): pydantic
-errors become ``"field.path: what is wrong (got value)"`` lines, with a "did you mean" suggestion
-for a misspelt key found in the model passed as ``root``; YAML syntax errors and keys given twice
-become one line naming the line and column.
+Knows nothing of the config sections themselves (the other :mod:`sskd_deploy.config` modules hold
+them): pydantic errors become ``"field.path: what is wrong (got value)"`` lines, with a "did you
+mean" suggestion for a misspelt key found in the model passed as ``root``; YAML syntax errors and
+keys given twice become one line naming the line and column.
 """
 
 from __future__ import annotations

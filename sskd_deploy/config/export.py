@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, Strict
 
-from sskd_deploy.config_types import Count, PathField, Section, Seed
+from sskd_deploy.config.types import Count, PathField, Section, Seed
 
 Budget = Annotated[float, Strict(), Field(ge=0)]
 
