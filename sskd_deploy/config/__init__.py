@@ -4,8 +4,8 @@ One module per part (pure data: no torch):
 
 - :mod:`~sskd_deploy.config.types`: the :class:`Section` base and the shared field types.
 - :mod:`~sskd_deploy.config.io`: YAML in and out, pydantic errors as one line each.
-- :mod:`~sskd_deploy.config.run`: the ``run`` and ``data`` sections, the top-level :class:`Config`,
-  and loading, overrides, dumping and hashing it.
+- :mod:`~sskd_deploy.config.run`: the ``run`` and ``data`` sections and the top-level :class:`Config`.
+- :mod:`~sskd_deploy.config.load`: loading, overrides, dumping and hashing a :class:`Config`.
 - :mod:`~sskd_deploy.config.train`: the ``train`` section (stages, schedules, losses).
 - :mod:`~sskd_deploy.config.teacher`: ``train.grounded_sam2``, the foundation-model teacher.
 - :mod:`~sskd_deploy.config.export`: the ``export`` section (precisions, calibration, parity).
@@ -19,6 +19,7 @@ are imported from their own modules.
 
 from __future__ import annotations
 
+from sskd_deploy.config.load import apply_overrides, config_from_dict, config_hash, dump_config, load_config
 from sskd_deploy.config.run import (
     PIPELINE_STEPS,
     Config,
@@ -27,11 +28,6 @@ from sskd_deploy.config.run import (
     RunConfig,
     SplitConfig,
     SynthConfig,
-    apply_overrides,
-    config_from_dict,
-    config_hash,
-    dump_config,
-    load_config,
 )
 
 __all__ = [
