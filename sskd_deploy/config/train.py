@@ -195,10 +195,15 @@ class TrainConfig(Section):
 
     def backbone_lr_mult_for(self, role: str) -> float:
         """The encoder lr multiplier of ``role`` ("student" or "teacher"), resolving ``None``."""
+        weights = self.student_weights if role == "student" else self.teacher_weights
+        return self.encoder_lr_mult(pretrained=weights is not None)
+
+    def encoder_lr_mult(self, *, pretrained: bool) -> float:
+        """The one encoder lr rule: ``optim.backbone_lr_mult`` when set, else 0.1 for an encoder that starts
+        from pretrained weights and 1.0 for a randomly initialised one (it has nothing to preserve)."""
         if self.optim.backbone_lr_mult is not None:
             return self.optim.backbone_lr_mult
-        weights = self.student_weights if role == "student" else self.teacher_weights
-        return 0.1 if weights is not None else 1.0
+        return 0.1 if pretrained else 1.0
 
     def supervised_schedule(self) -> StageSchedule:
         if self.supervised is not None:
