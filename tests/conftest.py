@@ -17,3 +17,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
     except ImportError:  # the core suite runs without torch
         pass
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Test tiers by folder: everything under tests/integration is end-to-end and marked ``slow``
+    (``make test-fast`` deselects it); tests/unit is the quick loop, where a few long tests carry
+    the mark themselves."""
+    import pytest
+
+    integration = os.path.join(os.path.dirname(__file__), "integration") + os.sep
+    for item in items:
+        if str(item.path).startswith(integration) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

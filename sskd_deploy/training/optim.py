@@ -7,21 +7,31 @@ recomputes exactly the learning rates an uninterrupted one would have used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
-if TYPE_CHECKING:
-    from sskd_deploy.training.loop import LoopConfig
-
 BACKBONE_GROUP = "encoder"
 NO_DECAY = ".no_decay"  # suffix of a group without weight decay
 
 
-def lr_lambda(step: int, cfg: LoopConfig) -> float:
+class OptimSettings(Protocol):
+    """The fields of a schedule the optimizer and lr schedule read
+    (:class:`~sskd_deploy.training.loop.LoopConfig` has them; this module never imports the loop)."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    backbone_lr_mult: float
+    warmup_steps: int
+    poly_power: float
+    decay_1d: bool
+
+
+def lr_lambda(step: int, cfg: OptimSettings) -> float:
     """Multiplier of the base lr for optimizer step ``step`` (0-based).
 
     Warm-up: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps (the first step
@@ -54,7 +64,7 @@ def complete_groups(
     return groups
 
 
-def build_optimizer(param_groups: dict[str, list[nn.Parameter]], cfg: LoopConfig) -> AdamW:
+def build_optimizer(param_groups: dict[str, list[nn.Parameter]], cfg: OptimSettings) -> AdamW:
     """AdamW with one param group per name (the name is kept in the group under ``"name"``).
 
     The ``"encoder"`` group gets ``lr * backbone_lr_mult``, every other group ``lr``. With
@@ -85,7 +95,7 @@ def build_optimizer(param_groups: dict[str, list[nn.Parameter]], cfg: LoopConfig
     return AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimSettings) -> LambdaLR:
     """Every group follows :func:`lr_lambda` relative to its own base lr."""
     return LambdaLR(optimizer, lambda step: lr_lambda(step, cfg))
 
