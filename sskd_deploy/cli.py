@@ -1,9 +1,10 @@
 """The ``sskd-deploy`` command line.
 
 Each command parses its options, loads a config where it has one, and calls one library
-function. Imports of numpy, torch and friends happen inside the commands so ``--help`` is
-instant. User errors (:class:`sskd_deploy.errors.SSKDError`) become one red line on stderr and
-exit code 2; nothing else is swallowed.
+function (most of them in :mod:`sskd_deploy.commands`). Imports of numpy, torch and friends
+happen inside the commands so ``--help`` is instant. User errors
+(:class:`sskd_deploy.errors.SSKDError`) become one red line on stderr and exit code 2; nothing
+else is swallowed.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _load_config(path: Optional[Path], overrides: Optional[list[str]]):
 def run(config: ConfigOption = None, set_: SetOption = None) -> None:
     """The main job on a config (default: the embedded synthetic world): prepare and check the data,
     draw overlays, and write a run manifest."""
-    from sskd_deploy.pipeline import run_pipeline
+    from sskd_deploy.commands.run import run_pipeline
 
     run_pipeline(_load_config(config, set_), console=_console())
 
@@ -87,7 +88,7 @@ def train(
 ) -> None:
     """Three-stage SSKD training (teacher adaptation, distillation, refinement) plus the supervised
     baseline. Finished stages are skipped; an interrupted stage resumes from its last checkpoint."""
-    from sskd_deploy.pipeline import train_command
+    from sskd_deploy.commands.train import train_command
 
     train_command(_load_config(config, set_), stages=stages, console=_console())
 
@@ -158,7 +159,7 @@ def export(
 ) -> None:
     """Compile the student: ONNX FP32, FP16, INT8 (calibrated on unlabeled images) and TensorRT engines,
     with a manifest and the parity gate against PyTorch (exit 1 when a budget is broken)."""
-    from sskd_deploy.pipeline import export_command
+    from sskd_deploy.commands.export import export_command
 
     flags = {"export.checkpoint": checkpoint, "export.out_dir": out, "export.int8": int8, "export.fp16": fp16,
              "export.calibration.images": calib, "export.calibration.count": calib_count,
@@ -185,7 +186,7 @@ def verify_cmd(
     """Parity gate: the val split through PyTorch and every compiled form in ARTIFACT_DIR; tensor
     differences, decision agreement and mask AP; parity.json + parity.md; exit 1 on a broken budget.
     With --triton: the served model against the same graph in-process (parity_triton.json)."""
-    from sskd_deploy.pipeline import verify_command
+    from sskd_deploy.commands.export import verify_command
 
     overrides = [*(set_ or []), *([f"export.budgets.int8_ap={max_ap_drop}"] if max_ap_drop is not None else [])]
     report = verify_command(artifact_dir, _load_config(config, overrides), console=_console(), split=split,
@@ -209,7 +210,7 @@ def serve(
 ) -> None:
     """Generate the Triton model repository from the artifact's IOSpec, start tritonserver, wait until
     the model is ready, print where it listens, and serve until Ctrl-C / SIGTERM (then stop it all)."""
-    from sskd_deploy.pipeline_serve import serve_command
+    from sskd_deploy.commands.serve import serve_command
 
     flags = {"serve.grpc_port": grpc_port, "serve.http_port": http_port, "serve.metrics_port": metrics_port,
              "serve.host": host, "serve.precision": precision, "serve.backend": backend,
@@ -235,7 +236,7 @@ def predict(
 ) -> None:
     """Send images to a served model over gRPC (readiness, metadata and IOSpec checks first); write
     COCO-style predictions.json (RLE masks, boxes, scores) and overlay PNGs. Exit 2 if any image failed."""
-    from sskd_deploy.pipeline_serve import predict_command
+    from sskd_deploy.commands.serve import predict_command
 
     code = predict_command(url, list(images), out=out, model=model, artifact_dir=artifact, concurrency=concurrency,
                            batch_size=batch, score_threshold=score_threshold, overlays=overlays,
@@ -269,7 +270,7 @@ def bench(
     """Latency (p50/p90/p99, pre/infer/post) and throughput of every runner at every batch size, % of the
     measured FP32/INT8 peak, teacher/student pairs, plots; with --triton, the served model under load."""
     from sskd_deploy.bench.load import parse_levels
-    from sskd_deploy.pipeline_bench import bench_command
+    from sskd_deploy.commands.bench import bench_command
 
     try:
         levels = parse_levels(concurrency)
@@ -361,7 +362,7 @@ def data_show(
     seed: Annotated[int, typer.Option(help="Which images: a seeded sample (-1: the first ones).")] = 0,
 ) -> None:
     """Draw mask overlays with class names for a few images of a dataset."""
-    from sskd_deploy.pipeline import show_dataset
+    from sskd_deploy.commands.data import show_dataset
 
     console = _console()
     written = show_dataset(path, out, split=split, num=num, columns=columns, seed=seed,
@@ -374,11 +375,9 @@ def data_check(
     path: Annotated[Path, typer.Argument(help="Dataset directory, COCO JSON, Cityscapes root or image folder.")],
 ) -> None:
     """Validate a dataset and list every problem found (exit code 1 when there are any)."""
-    from sskd_deploy.data.check import check_dataset
-    from sskd_deploy.pipeline import print_check_report
+    from sskd_deploy.commands.data import check_command
 
-    report = check_dataset(path)
-    print_check_report(report, _console())
+    report = check_command(path, console=_console())
     if not report.ok:
         raise typer.Exit(1)
 
@@ -434,7 +433,7 @@ def model_info_cmd(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON.")] = None,
 ) -> None:
     """Parameters per part, GFLOPs (torch.utils.flop_counter) and measured CPU latency of a model."""
-    from sskd_deploy.pipeline import describe_model
+    from sskd_deploy.commands.model import describe_model
 
     describe_model(name, input_size=_parse_size(input_size) if input_size else None, num_classes=num_classes,
                    iters=iters, threads=threads, json_out=json_out, console=_console())
@@ -453,7 +452,7 @@ def model_profile_cmd(
 ) -> None:
     """Where a training step's time goes (data, forward, matching, loss, backward, optimizer), measured on
     the config's labeled data with its recipe."""
-    from sskd_deploy.pipeline import profile_training_step
+    from sskd_deploy.commands.model import profile_training_step
 
     profile_training_step(_load_config(config, set_), role=role, steps=steps, warmup=warmup, batch_size=batch_size,
                           threads=threads, json_out=json_out, console=_console())
@@ -512,7 +511,7 @@ def teacher_zero_shot(
     set_: SetOption = None,
 ) -> None:
     """Zero-shot mask AP of Grounding DINO + SAM2 on a labeled split (the paper's zero-shot VFM row)."""
-    from sskd_deploy.pipeline_teacher import zero_shot_command
+    from sskd_deploy.commands.teacher import zero_shot_command
 
     cfg, device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
                                      box_threshold=box_threshold, max_instances=max_instances,
@@ -539,7 +538,7 @@ def teacher_label(
     set_: SetOption = None,
 ) -> None:
     """Zero-shot pseudo-labels for a split, in the store format stage 1b and stage 2 consume."""
-    from sskd_deploy.pipeline_teacher import label_command
+    from sskd_deploy.commands.teacher import label_command
 
     cfg, device = _grounded_settings(config, set_, weights=weights, allow_download=allow_download,
                                      box_threshold=box_threshold, max_instances=max_instances,

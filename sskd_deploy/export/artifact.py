@@ -29,7 +29,7 @@ from sskd_deploy.io import atomic_directory, atomic_write_json, atomic_write_tex
 from sskd_deploy.provenance import environment, hash_file, library_versions
 
 ARTIFACT_FORMAT = "sskd-deploy/artifact"
-RUN_FORMAT = "sskd-deploy/run"  # the run manifest (pipeline.run_pipeline), named in refusals
+RUN_FORMAT = "sskd-deploy/run"  # the run manifest (commands.run.run_pipeline), named in refusals
 MANIFEST = "manifest.json"
 CHECKPOINT = "model.safetensors"
 Log = Callable[[str], None]

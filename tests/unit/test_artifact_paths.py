@@ -137,7 +137,7 @@ def test_export_records_final_paths(exported) -> None:
 
 def test_a_moved_artifact_verifies_and_benches(exported, tmp_path: Path) -> None:
     from sskd_deploy.bench.models import RowOptions, artifact_group
-    from sskd_deploy.pipeline_bench import time_group
+    from sskd_deploy.commands.bench import time_group
 
     work, val, config = exported
     moved = tmp_path / "elsewhere" / "renamed"

@@ -187,7 +187,7 @@ def test_gpu_check_summary_reads_finished_and_stopped_steps(tmp_path) -> None:
 
 def test_keep_going_records_a_failing_runner_and_times_the_rest() -> None:
     from sskd_deploy.bench.models import ModelGroup
-    from sskd_deploy.pipeline_bench import time_group
+    from sskd_deploy.commands.bench import time_group
 
     class Broken(SlowStartRunner):
         def run(self, images):

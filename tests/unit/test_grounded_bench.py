@@ -14,7 +14,7 @@ from sskd_deploy.bench.grounded import STAGES, GroundedSam2Runner, build_teacher
 from sskd_deploy.bench.models import RowOptions
 from sskd_deploy.config.bench import BenchConfig
 from sskd_deploy.models.grounded_sam2 import class_prompt, large_configs, local_tokenizer
-from sskd_deploy.pipeline_bench import time_pairs
+from sskd_deploy.commands.bench import time_pairs
 from tests.grounded_tiny import write_tiny_weights
 
 CLASSES = ["person", "traffic_light", "car"]

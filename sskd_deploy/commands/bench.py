@@ -15,6 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sskd_deploy.commands.tables import print_bench
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.io import atomic_write_json, atomic_write_text
 
@@ -328,7 +329,7 @@ def write_plots(rows: list[dict], pairs: list[dict], peaks: dict, out: Path) -> 
 
 def _triton_section(url, model, artifact_dir, sources, settings, concurrency, duration_s, console) -> dict:
     from sskd_deploy.data.image_io import read_image
-    from sskd_deploy.pipeline_serve import bench_triton
+    from sskd_deploy.commands.serve import bench_triton
     from sskd_deploy.preprocess import preprocess_batch
 
     def images_for(spec, n):
@@ -357,91 +358,3 @@ def write_outputs(result: dict, out: Path) -> None:
         atomic_write_text(out.with_name(out.stem + "_triton_load.csv"), _csv(result["triton"]["load"], load_fields))
     atomic_write_json(out, result, indent=2)
 
-
-def print_bench(result: dict, console: Console) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
-    from sskd_deploy.pipeline_serve import print_load
-
-    def f(value, digits=1, scale=1.0, suffix=""):
-        return "n/a" if value is None else f"{value * scale:.{digits}f}{suffix}"
-
-    for model in dict.fromkeys(r["model"] for r in result["rows"]):
-        table = Table(title=f"{model}: ms per call", box=box.SIMPLE, pad_edge=False, collapse_padding=True)
-        for column in ("runner", "batch", "pre", "infer", "p99", "post", "e2e", "img/s", "%peak", "speed-up",
-                       "compile s", "AP drop"):
-            table.add_column(column, justify="left" if column == "runner" else "right", no_wrap=True)
-        for r in (r for r in result["rows"] if r["model"] == model):
-            speedup = r.get("speedup_vs_torch-fp32")
-            speedup = r.get("speedup_vs_torch-cuda-fp32") if speedup is None else speedup
-            table.add_row(r["runner"], str(r["batch"]), f(r["pre_ms"]["p50"]), f(r["p50_ms"]), f(r["p99_ms"]),
-                          f(r["post_ms"]["p50"]), f(r["e2e_ms"]["p50"]), f(r["throughput_ips"]),
-                          f(r.get("peak_fraction"), 2, 100.0), f(speedup, 2, suffix="x"),
-                          f(r.get("compile_s")), f(r.get("ap_drop"), 2))
-        console.print(table)
-    if result["rows"]:
-        console.print("p50 unless named; infer = runner.run, e2e = pre + infer + post; img/s from the mean infer "
-                      "time; %peak = achieved GFLOP/s over the measured peak; speed-up = torch-fp32 (else torch-cuda-fp32) "
-                      "infer p50 / infer p50; compile s = the compiling first call, not in the latency; AP drop = "
-                      "FP32 AP - quantised AP on the val split, points.", soft_wrap=True)
-    for p in result["pairs"]:
-        (sh, sw), (th, tw) = p["input_size"], p.get("teacher_input_size", p["input_size"])
-        at = f"at {sh}x{sw}" if (sh, sw) == (th, tw) else f"at {th}x{tw} -> {sh}x{sw}"
-        stages = p.get("teacher_stages_ms")
-        if stages:
-            console.print("teacher split: " + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items()), soft_wrap=True)
-        console.print(f"pair {p['teacher']} -> {p['student']} {at}, "
-                      f"{p['runner']}: {p['teacher_p50_ms']:.1f} -> {p['student_p50_ms']:.1f} ms, "
-                      f"[bold]{p['speedup']:.2f}x[/bold] faster ({p['teacher_gflops']:.1f} -> "
-                      f"{p['student_gflops']:.1f} GFLOPs; paper: 350.9 -> 76.9 ms, 4.56x)", soft_wrap=True)
-    for s in result["skipped"]:  # reasons quote pip extras like '.[tensorrt]': not rich markup
-        console.print(escape(f"skipped {s['model']} / {s['runner']}: {s['reason']}"), soft_wrap=True)
-    if "triton" in result:
-        print_load(result["triton"]["load"], console)
-
-
-def main_job_bench(config: Config, artifact_dir: Path | None, *, console: Console) -> dict[str, Any]:
-    """The main job's bench step: ``bench``, and with ``bench.triton`` the artifact served on loopback
-    (repository under the run directory), ``verify --triton`` and the load test through it."""
-    from rich.markup import escape
-
-    from sskd_deploy.serving.server import ServeError
-
-    settings = config.bench
-    if settings.triton == "off" or artifact_dir is None:
-        return {"result": bench_command(config, artifact_dir, console=console), "triton": "off"}
-    from sskd_deploy.export.artifact import read_manifest
-
-    # the served batch bound cannot exceed the graph's; the repository lives in the run, not the checkout
-    graph_max = int(read_manifest(artifact_dir)["export_config"]["max_batch"])
-    serve = config.serve.model_copy(update={"repository": Path(config.run.out_dir) / "serve" / "triton_models",
-                                            "max_batch": min(config.serve.max_batch, graph_max)})
-    served = config.model_copy(update={"serve": serve})
-    try:
-        from sskd_deploy.pipeline_serve import prepare_server
-
-        server, model, _, _ = prepare_server(served, artifact_dir, console=console, any_port=True)
-    except ServeError as err:
-        if settings.triton == "on":
-            raise
-        console.print(escape(f"bench: no Triton leg ({err}); set bench.triton: off to silence this"), soft_wrap=True)
-        return {"result": bench_command(config, artifact_dir, console=console), "triton": f"skipped: {err}"}
-    with server:
-        _verify_served(served, artifact_dir, server.grpc_url, model, console)
-        result = bench_command(config, artifact_dir, console=console, triton=server.grpc_url, triton_model=model,
-                               concurrency=list(settings.triton_concurrency), duration_s=settings.triton_duration_s)
-    return {"result": result, "triton": model}
-
-
-def _verify_served(config: Config, artifact_dir: Path, url: str, model: str, console: Console) -> None:
-    from sskd_deploy.data.sources import resolve_data
-    from sskd_deploy.pipeline import print_parity
-    from sskd_deploy.pipeline_serve import verify_triton
-
-    data = resolve_data(config.data, console=console)
-    report = verify_triton(artifact_dir, url, model, data.val, config, console=console, report_name="parity_triton")
-    print_parity(report, console)
-    if not report["ok"]:
-        raise SSKDError(f"the served model disagrees with the artifact: see {artifact_dir / 'parity_triton.md'}")

@@ -1,5 +1,6 @@
-"""Serving commands as library functions the CLI calls: ``serve``, ``predict``, ``verify --triton`` and
-the Triton part of ``bench``. Application layer: it joins the artifact (export), the repository and
+"""``sskd-deploy serve`` and ``predict``, and the Triton legs other commands take: ``verify --triton``
+(:func:`verify_triton`), ``bench --triton`` (:func:`bench_triton`) and the main job's served bench
+(:func:`prepare_server`). Application layer: it joins the artifact (export), the repository and
 server (serving), the runners (runtime) and the load harness (bench).
 """
 
@@ -257,19 +258,3 @@ def bench_triton(url: str, model: str | None, artifact_dir: Path | None, images_
         runner.close()
     return section
 
-
-def print_load(rows: list[dict], console: Console) -> None:
-    from rich.table import Table
-
-    from rich import box
-
-    table = Table(title="Triton load (ms per request)", box=box.SIMPLE, pad_edge=False)
-    for column in ("conc.", "requests", "failed", "p50", "p90", "p99", "img/s", "server batch"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for r in rows:
-        def f(key, digits=1):
-            return "n/a" if r.get(key) is None else f"{r[key]:.{digits}f}"
-
-        table.add_row(str(r["concurrency"]), str(r["requests"]), str(r["failures"]), f("p50_ms"), f("p90_ms"),
-                      f("p99_ms"), f("throughput_ips"), f("mean_server_batch", 2))
-    console.print(table)
