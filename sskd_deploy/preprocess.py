@@ -3,7 +3,7 @@
 The network takes uint8 NCHW RGB at a fixed ``(H_in, W_in)``. An image is resized keeping its
 aspect ratio so that it fits, placed in the top-left corner and padded with zeros on the bottom
 and right. Keeping the image at the origin makes the geometry a pure scale, which
-:mod:`sskd_deploy.postprocess` inverts exactly. Normalisation happens inside the graph, so the
+:mod:`sskd_deploy.evaluation.postprocess` inverts exactly. Normalisation happens inside the graph, so the
 host never touches floats here. Training, calibration, every runner and the Triton client call
 these functions, so there is exactly one definition of "what the model saw".
 """

@@ -4,7 +4,7 @@ A benchmark call is split in the three parts a deployment pays for, each timed o
 
 - ``pre``: decoded RGB images -> the uint8 input batch (:func:`sskd_deploy.preprocess.preprocess_batch`),
 - ``infer``: ``runner.run`` (the graph, its selection tail and the host<->device copies),
-- ``post``: outputs -> :class:`Instances` at the original size (:func:`sskd_deploy.postprocess.postprocess_batch`).
+- ``post``: outputs -> :class:`Instances` at the original size (:func:`sskd_deploy.evaluation.postprocess.postprocess_batch`).
 
 The row's headline percentiles are those of ``infer`` (what differs between runners); ``e2e`` is
 the sum per iteration. On CUDA the ``infer`` time comes from CUDA events recorded around the
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sskd_deploy.postprocess import postprocess_batch
+from sskd_deploy.evaluation.postprocess import postprocess_batch
 from sskd_deploy.preprocess import preprocess_batch
 from sskd_deploy.runtime.base import Runner
 

@@ -46,7 +46,7 @@ def zero_shot_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sskd_deploy.evaluation import format_eval_table
-    from sskd_deploy.postprocess import instances_to_coco_results
+    from sskd_deploy.evaluation.postprocess import instances_to_coco_results
     from sskd_deploy.training.grounded import evaluate_teacher
 
     dataset = _open_split(data, split, prefer="val", console=console)

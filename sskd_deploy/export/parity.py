@@ -25,7 +25,7 @@ from sskd_deploy.config.export import BudgetConfig
 from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.evaluation import evaluate_instances
-from sskd_deploy.postprocess import postprocess_batch
+from sskd_deploy.evaluation.postprocess import postprocess_batch
 from sskd_deploy.preprocess import preprocess_batch
 from sskd_deploy.runtime.base import Outputs, Runner
 from sskd_deploy.structures import Instances

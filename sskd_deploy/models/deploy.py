@@ -4,7 +4,7 @@ uint8 NCHW RGB in, normalisation inside (buffers), the network, then Mask2Former
 selection with static shapes: the top-K (query, class) pairs by class probability, each scored
 ``class probability x mean mask probability inside the query's binary mask``. No NMS is needed:
 queries are already one per instance. Host-side un-padding, resizing and thresholding is
-:func:`sskd_deploy.postprocess.postprocess`, implemented once.
+:func:`sskd_deploy.evaluation.postprocess.postprocess`, implemented once.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.evaluation import EvalResult
 from sskd_deploy.models.deploy import DeployWrapper
-from sskd_deploy.prediction import evaluate_dataset, predict_batches
+from sskd_deploy.evaluation.prediction import evaluate_dataset, predict_batches
 from sskd_deploy.structures import Instances
 
 

@@ -2,7 +2,7 @@
 
 A runner takes the preprocessed uint8 batch the IOSpec describes and returns the three output
 arrays, nothing else: preprocessing and postprocessing are the host's one implementation
-(:mod:`sskd_deploy.preprocess`, :mod:`sskd_deploy.postprocess`), shared by every runner, so two
+(:mod:`sskd_deploy.preprocess`, :mod:`sskd_deploy.evaluation.postprocess`), shared by every runner, so two
 runners can only disagree because their graphs compute different numbers. The comparator
 (:mod:`sskd_deploy.export.parity`) and the benchmark feed the same arrays to all of them.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.evaluation import EvalResult
-from sskd_deploy.prediction import evaluate_dataset, predict_batches
+from sskd_deploy.evaluation.prediction import evaluate_dataset, predict_batches
 from sskd_deploy.spec import IOSpec
 from sskd_deploy.structures import Instances
 

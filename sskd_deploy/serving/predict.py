@@ -1,7 +1,7 @@
 """Client side of serving: image files -> concurrent requests -> instances -> COCO JSON and overlay PNGs.
 
 Decoding, resizing/padding and postprocessing happen here with the project's one implementation
-(:func:`sskd_deploy.preprocess.preprocess_batch`, :func:`sskd_deploy.postprocess.postprocess_batch`);
+(:func:`sskd_deploy.preprocess.preprocess_batch`, :func:`sskd_deploy.evaluation.postprocess.postprocess_batch`);
 the server only runs the graph on the uint8 tensor. A file that cannot be read is reported by name
 and skipped; the other images are still predicted and written.
 """
@@ -21,7 +21,7 @@ from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.records import CategorySet
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.io import atomic_write_bytes, atomic_write_json
-from sskd_deploy.postprocess import instances_to_coco_results, postprocess_batch
+from sskd_deploy.evaluation.postprocess import instances_to_coco_results, postprocess_batch
 from sskd_deploy.preprocess import preprocess_batch
 from sskd_deploy.runtime.base import Runner
 from sskd_deploy.structures import Instances, rle_area

@@ -26,7 +26,7 @@ with ``serve.openvino_precision: bf16``. The other parameters (the IOSpec...) ar
 What travels is the IOSpec: uint8 ``(B, 3, H, W)`` images already resized and padded by the one
 :func:`sskd_deploy.preprocess.preprocess_batch`, and the graph's fixed-K outputs (scores, labels,
 stride-4 mask logits), which the client turns into instances with the one
-:func:`sskd_deploy.postprocess.postprocess_batch`. Every config carries the IOSpec and its digest as
+:func:`sskd_deploy.evaluation.postprocess.postprocess_batch`. Every config carries the IOSpec and its digest as
 parameters, so a client can check the contract of the model it is talking to.
 
 Configs are built as Triton's own ``ModelConfig`` protobuf (from ``tritonclient``), so a misspelt

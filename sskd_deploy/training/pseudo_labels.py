@@ -2,7 +2,7 @@
 
 Each query of the teacher becomes at most one instance: its best real class, a score of class
 probability x mean mask probability inside its binary mask (the deploy score), Guided-Distillation
-style thresholds, masks upsampled to the original image by :mod:`sskd_deploy.postprocess`, overlaps
+style thresholds, masks upsampled to the original image by :mod:`sskd_deploy.evaluation.postprocess`, overlaps
 resolved so each pixel belongs to one instance (as the Grounding DINO + SAM2 teacher does), tiny
 masks dropped. The store lives in ``out_root/<key>/`` where the key hashes the teacher's weights,
 every image's name and bytes, and the thresholds: a rerun with the same inputs reuses it, any change
@@ -30,7 +30,7 @@ from sskd_deploy.data.records import Annotation, CategorySet, Dataset, ImageReco
 from sskd_deploy.errors import DatasetError
 from sskd_deploy.io import atomic_directory, atomic_write_json
 from sskd_deploy.models.teacher import Teacher
-from sskd_deploy.postprocess import postprocess
+from sskd_deploy.evaluation.postprocess import postprocess
 from sskd_deploy.preprocess import PreprocessInfo, preprocess_batch
 from sskd_deploy.provenance import hash_file
 from sskd_deploy.structures import Instances, compress_rle, masks_to_rles

@@ -10,7 +10,7 @@ from sskd_deploy.config.model import PRESETS
 from sskd_deploy.errors import InputError
 from sskd_deploy.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from sskd_deploy.models.deploy import DeployWrapper, select_top_k
-from sskd_deploy.postprocess import postprocess
+from sskd_deploy.evaluation.postprocess import postprocess
 from sskd_deploy.preprocess import preprocess_image
 from sskd_deploy.spec import IOSpec
 

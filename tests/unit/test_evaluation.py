@@ -13,7 +13,7 @@ from scipy import ndimage
 from sskd_deploy.data.records import Annotation, CategorySet, Dataset, ImageRecord
 from sskd_deploy.errors import DatasetError, InputError
 from sskd_deploy.evaluation import EvalResult, evaluate_coco, evaluate_instances, format_eval_table
-from sskd_deploy.postprocess import instances_to_coco_results, postprocess
+from sskd_deploy.evaluation.postprocess import instances_to_coco_results, postprocess
 from sskd_deploy.preprocess import fit_geometry
 from sskd_deploy.segmentation import segmentation_to_rle
 from sskd_deploy.structures import Instances, masks_to_rles

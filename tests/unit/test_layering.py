@@ -1,9 +1,11 @@
-"""The dependency direction of DESIGN.md section 2, enforced on the source.
+"""The layers of the package and their dependency direction, enforced on the source.
 
-Every import statement counts, including the lazy ones inside functions: a lazy import hides a
-dependency from start-up time, not from the architecture. Only the application layer (cli, and
-the commands package it calls) may reach everything; only cli and commands import commands, and
-the command modules import one another without a cycle.
+Layers, lowest first (README, "Code map"): base, data, evaluation, models, training, deploy (export,
+runtime, serving), measure (bench, report), commands, cli. A module imports its own layer and the
+layers below, never above, plus the narrower rules in ``FORBIDDEN`` (serving never loads the model
+code or torch; bench and report never train; ...). Every import statement counts, including the
+lazy ones inside functions: a lazy import hides a dependency from start-up time, not from the
+architecture. And no two modules import each other, directly or around a loop, at any level.
 """
 
 from __future__ import annotations
@@ -18,33 +20,43 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "sskd_deploy"
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch_tensorrt", "tritonclient",
          "openvino", "nncf"}
-CORE = {"errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "postprocess",
-        "evaluation", "prediction", "config", "data", "weights"}
-LAYERS = {"models", "training", "export", "runtime", "serving", "bench", "report", "cli", "commands"}
+# layer -> the top-level modules and packages of sskd_deploy in it, lowest layer first
+LAYERS: dict[str, set[str]] = {
+    "base": {"__init__", "errors", "io", "provenance", "structures", "spec", "segmentation", "preprocess", "config",
+             "weights"},
+    "data": {"data"},
+    "evaluation": {"evaluation"},
+    "models": {"models"},
+    "training": {"training"},
+    "deploy": {"export", "runtime", "serving"},
+    "measure": {"bench", "report"},
+    "commands": {"commands"},
+    "cli": {"cli", "__main__"},
+}
+RANK = {layer: i for i, layer in enumerate(LAYERS)}
+TOP_LAYER = {top: layer for layer, tops in LAYERS.items() for top in tops}
+NO_HEAVY = {"base", "data", "evaluation"}  # pure data and numpy: importable without torch or a runtime
 
-# layer -> sskd_deploy subpackages/modules it must not import; plus whether heavy libraries are allowed
+# narrower rules inside and across layers: top-level name -> (sskd_deploy names it must not import, libraries)
 FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
-    "core": (LAYERS, HEAVY),
-    "models": (LAYERS - {"models"}, {"tensorrt", "torch_tensorrt", "tritonclient", "onnxruntime"}),
-    "training": ({"export", "serving", "runtime", "bench", "report", "cli", "commands"},
-                 {"tensorrt", "tritonclient"}),
-    "export": ({"training", "serving", "bench", "report", "cli", "commands"}, {"tritonclient"}),
-    "runtime": ({"training", "export", "serving", "bench", "report", "cli", "commands"}, set()),
-    "serving": ({"models", "training", "export", "bench", "report", "cli", "commands"},
-                {"torch", "transformers"}),
-    "bench": ({"training", "report", "cli", "commands"}, set()),
-    # the report reads what every step wrote and may run the model, but never trains or drives the CLI
-    "report": ({"training", "serving", "cli", "commands"}, set()),
-    # the command modules are what the CLI calls, never the other way round
-    "commands": ({"cli"}, set()),
+    "models": (set(), {"tensorrt", "torch_tensorrt", "tritonclient", "onnxruntime"}),
+    "training": (set(), {"tensorrt", "tritonclient"}),
+    "export": ({"serving"}, {"tritonclient"}),
+    "runtime": ({"export", "serving"}, set()),
+    # a serving host runs the client and the generated repository without the model code
+    "serving": ({"models", "training", "export"}, {"torch", "transformers"}),
+    "bench": ({"training", "report"}, set()),
+    # the report reads what every step wrote and may run the model, but never trains or serves
+    "report": ({"training", "serving"}, set()),
 }
 
 
+def top_of(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
 def layer_of(path: Path) -> str:
-    top = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
-    if top in CORE or top == "__init__":
-        return "core"
-    return top
+    return TOP_LAYER[top_of(path)]
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
@@ -63,16 +75,19 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
 def violations() -> list[str]:
     problems = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        layer = layer_of(path)
-        if layer not in FORBIDDEN:
-            continue
-        banned_internal, banned_external = FORBIDDEN[layer]
+        top, layer = top_of(path), layer_of(path)
+        banned_internal, banned_external = FORBIDDEN.get(top, (set(), set()))
+        if layer in NO_HEAVY:
+            banned_external = banned_external | HEAVY
         for lineno, module in imports_of(path):
             parts = module.split(".")
-            if parts[0] == "sskd_deploy" and len(parts) > 1 and parts[1] in banned_internal:
-                problems.append(f"{path.relative_to(PACKAGE.parent)}:{lineno}: {layer} imports {module}")
-            if parts[0] in banned_external:
-                problems.append(f"{path.relative_to(PACKAGE.parent)}:{lineno}: {layer} imports {module}")
+            where = f"{path.relative_to(PACKAGE.parent)}:{lineno}: {layer} ({top}) imports {module}"
+            if parts[0] == "sskd_deploy" and len(parts) > 1:
+                target = TOP_LAYER.get(parts[1])
+                if target is None or RANK[target] > RANK[layer] or parts[1] in banned_internal:
+                    problems.append(where)
+            elif parts[0] in banned_external:
+                problems.append(where)
     return problems
 
 
@@ -82,24 +97,37 @@ def test_no_forbidden_imports() -> None:
 
 def test_checker_catches_a_forbidden_edge(tmp_path, monkeypatch) -> None:
     fake = tmp_path / "sskd_deploy"
-    (fake / "data").mkdir(parents=True)
+    for folder in ("data", "config", "runtime", "serving"):
+        (fake / folder).mkdir(parents=True)
     (fake / "data" / "bad.py").write_text("import torch\nfrom sskd_deploy.training import loop\n")
-    (fake / "config").mkdir()
-    (fake / "config" / "bad.py").write_text("from sskd_deploy.models.checkpoint import read_checkpoint\n")
+    (fake / "config" / "bad.py").write_text("def f():\n    from sskd_deploy.models.checkpoint import read_checkpoint\n")
+    (fake / "runtime" / "bad.py").write_text("from sskd_deploy.bench import latency\nimport sskd_deploy.export.int8\n")
+    (fake / "serving" / "bad.py").write_text("from sskd_deploy.runtime import base\nimport torch\n")
+    (fake / "stray.py").write_text("")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    monkeypatch.setitem(TOP_LAYER, "stray", "base")
     found = violations()
-    assert len(found) == 3 and all("core imports" in f for f in found)
+    assert len(found) == 6, found
+    assert sum("data (data) imports" in f for f in found) == 2  # torch, and training above it
+    assert any("base (config) imports sskd_deploy.models" in f for f in found)  # inside a function too
+    assert any("deploy (runtime) imports sskd_deploy.bench" in f for f in found)  # a higher layer
+    assert any("deploy (runtime) imports sskd_deploy.export" in f for f in found)  # a narrower rule
+    assert any("deploy (serving) imports torch" in f for f in found)
 
 
-def test_core_names_exist() -> None:
-    """Every CORE and LAYERS name is a module or package of sskd_deploy (a moved module must be renamed here)."""
-    missing = [n for n in sorted(CORE | LAYERS) if not (PACKAGE / f"{n}.py").is_file() and not (PACKAGE / n).is_dir()]
-    assert missing == []
+def test_every_module_is_in_exactly_one_layer() -> None:
+    """A new top-level module or package must be placed in a layer; a moved one renamed here."""
+    tops = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    assert tops == set(TOP_LAYER)
+    assert sum(len(t) for t in LAYERS.values()) == len(TOP_LAYER)
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert len(modules) <= 12, sorted(modules)
 
 
-@pytest.mark.parametrize("module", ["sskd_deploy.cli", "sskd_deploy.config", "sskd_deploy.config.model", "sskd_deploy.evaluation",
-                                    "sskd_deploy.data.layout", "sskd_deploy.postprocess"])
-def test_core_modules_load_without_torch(module: str) -> None:
+@pytest.mark.parametrize("module", ["sskd_deploy.cli", "sskd_deploy.config", "sskd_deploy.config.model",
+                                    "sskd_deploy.evaluation", "sskd_deploy.data.layout",
+                                    "sskd_deploy.evaluation.postprocess", "sskd_deploy.evaluation.prediction"])
+def test_base_data_and_evaluation_load_without_torch(module: str) -> None:
     code = f"import sys, {module}; bad = [m for m in {sorted(HEAVY)!r} if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -109,25 +137,27 @@ def test_cli_import_is_light() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-COMMANDS = "sskd_deploy.commands"
-
-
-def command_graph(package: Path) -> dict[str, set[str]]:
-    """Module -> the modules of ``sskd_deploy.commands`` it imports (module-level and inside functions)."""
+def module_graph(package: Path) -> dict[str, set[str]]:
+    """Every module of ``package`` (dotted, a package by its name) -> the package's modules it imports,
+    at module level or inside functions. ``from a.b import c`` counts as an import of ``a.b.c``
+    when that is a module, else of ``a.b``. Importing a submodule runs its parent package's
+    ``__init__``; that implicit step is how packages work and is not an edge."""
+    files = {}
+    for path in package.rglob("*.py"):
+        parts = (package.name, *path.relative_to(package).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {}
-    for path in sorted((package / "commands").glob("*.py")):
-        name = path.stem
+    for name, path in sorted(files.items()):
         edges = graph.setdefault(name, set())
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module == COMMANDS:  # from sskd_deploy.commands import x
-                targets = [f"{COMMANDS}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module]
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                           for a in node.names]
             else:
                 continue
-            edges.update(t.split(".")[2] for t in targets if t.startswith(COMMANDS + ".") and t.split(".")[2] != name)
+            edges.update(t for t in targets if t in files and t != name)
     return graph
 
 
@@ -154,24 +184,29 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
-def test_command_modules_import_each_other_without_a_cycle() -> None:
-    graph = command_graph(PACKAGE)
-    assert {"run", "bench", "serve", "export", "tables"} <= graph.keys()
-    assert graph["run"] >= {"bench", "export"}  # the graph sees function-level imports too
+def test_no_import_cycle_anywhere_in_the_package() -> None:
+    graph = module_graph(PACKAGE)
     assert find_cycle(graph) == [], " -> ".join(find_cycle(graph))
-    assert graph["tables"] == set(), "the shared tables module prints; it calls no command"
+    run = graph["sskd_deploy.commands.run"]
+    assert {"sskd_deploy.commands.bench", "sskd_deploy.commands.export"} <= run  # function-level imports count
+    commands = {n for n in graph if n.startswith("sskd_deploy.commands.")}
+    assert not graph["sskd_deploy.commands.tables"] & commands, "the shared tables print; they call no command"
 
 
 def test_cycle_checker_catches_a_cycle(tmp_path) -> None:
     fake = tmp_path / "sskd_deploy" / "commands"
     fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
     (fake / "__init__.py").write_text("")
     (fake / "a.py").write_text("from sskd_deploy.commands.b import f\n")
     (fake / "b.py").write_text("def f():\n    from sskd_deploy.commands import c\n")
     (fake / "c.py").write_text("import sskd_deploy.commands.a\n")
     (fake / "d.py").write_text("from sskd_deploy.commands.a import g\n")
-    graph = command_graph(fake.parent)
-    assert graph == {"__init__": set(), "a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    graph = module_graph(fake.parent)
+    short = {k.removeprefix("sskd_deploy.commands."): {v.removeprefix("sskd_deploy.commands.") for v in vs}
+             for k, vs in graph.items() if k.startswith("sskd_deploy.commands.")}
+    assert short == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["sskd_deploy.commands.a", "sskd_deploy.commands.b", "sskd_deploy.commands.c",
+                                 "sskd_deploy.commands.a"]
     (fake / "c.py").write_text("")
-    assert find_cycle(command_graph(fake.parent)) == []
+    assert find_cycle(module_graph(fake.parent)) == []

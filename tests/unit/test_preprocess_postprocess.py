@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sskd_deploy.data.records import CategorySet
-from sskd_deploy.postprocess import (
+from sskd_deploy.evaluation.postprocess import (
     bilinear_axis,
     instances_to_coco_results,
     postprocess,

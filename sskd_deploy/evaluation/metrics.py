@@ -25,7 +25,7 @@ from pycocotools.cocoeval import COCOeval
 
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import DatasetError, InputError
-from sskd_deploy.postprocess import instances_to_coco_results
+from sskd_deploy.evaluation.postprocess import instances_to_coco_results
 from sskd_deploy.segmentation import segmentation_to_rle
 from sskd_deploy.structures import Instances, compress_rle, rle_area, rle_bbox
 

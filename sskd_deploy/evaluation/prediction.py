@@ -15,7 +15,7 @@ import numpy as np
 from sskd_deploy.data.image_io import read_image
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.evaluation import EvalResult, evaluate_instances
-from sskd_deploy.postprocess import postprocess_batch
+from sskd_deploy.evaluation.postprocess import postprocess_batch
 from sskd_deploy.preprocess import preprocess_batch
 from sskd_deploy.structures import Instances
 
