@@ -10,11 +10,14 @@ split, draws its curves, and marks the stage complete.
 from __future__ import annotations
 
 import time
+import zlib
 
+import torch
 from torch import nn
 
 from sskd_deploy.config.train import StageSchedule
 from sskd_deploy.training.context import TrainContext, mark_complete, read_complete, require_stage
+from sskd_deploy.training.contrastive import PixelContrast
 from sskd_deploy.training.data import collate_samples
 from sskd_deploy.training.logging import append_final_eval, plot_curves
 from sskd_deploy.training.loop import LoopConfig, train_loop
@@ -39,9 +42,7 @@ def fit(
         temperature_start=t.pxl.temperature_start, temperature_end=t.pxl.temperature_end,
         temperature_schedule=t.pxl.temperature_schedule,
     )
-    contrast = None
-    if pxl and t.lambda_pxl > 0:
-        contrast = trainee.pixel_contrast(ctx, model).to(ctx.device)
+    contrast = build_contrast(ctx, stage, trainee, model) if pxl and t.lambda_pxl > 0 else None
     groups = trainee.parameter_groups(ctx, model)
     extra = {}
     if contrast is not None:
@@ -58,6 +59,18 @@ def fit(
     )
     seconds = time.perf_counter() - start
     return _finish(ctx, stage, trainee, unwrap(model), result, seconds, extra_record or {})
+
+
+def build_contrast(ctx: TrainContext, stage: str, trainee: Trainee, model: nn.Module) -> PixelContrast:
+    """The stage's L_pxl projection heads, initialised from the run seed and the stage name alone.
+
+    Built from a private copy of the random state, so the head is the same in a fresh run, a rerun
+    and every DDP rank, whatever ran before in the process, and the global stream is left untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.config.run.seed * 1009 + zlib.crc32(stage.encode()) % 1009)
+        contrast = trainee.pixel_contrast(ctx, model)
+    return contrast.to(ctx.device)
 
 
 def _loop_config(ctx: TrainContext, schedule: StageSchedule, *, backbone_lr_mult: float,

@@ -93,3 +93,32 @@ def test_teachers_do_not_import_the_stages_or_the_pseudo_labeling() -> None:
     for module in ("teachers", "grounded"):
         imported = _imports(module)
         assert not imported & {"sskd_deploy.training.pseudo", "sskd_deploy.training.stages"}, module
+
+
+def test_contrast_head_depends_on_run_seed_and_stage_only() -> None:
+    """L_pxl's projection heads start the same in a fresh run, a rerun and every rank (issue: the
+    Grounded-SAM2 stage drew them from whatever random state the process had reached)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sskd_deploy.training.stages import build_contrast
+
+    class Stub:
+        def pixel_contrast(self, ctx, model):
+            return torch.nn.Linear(4, 3)
+
+    def ctx(seed):
+        return SimpleNamespace(config=SimpleNamespace(run=SimpleNamespace(seed=seed)), device=torch.device("cpu"))
+
+    torch.manual_seed(1)
+    first = build_contrast(ctx(0), "teacher_1a", Stub(), None).weight
+    after = torch.rand(3)
+    torch.manual_seed(2)
+    again = build_contrast(ctx(0), "teacher_1a", Stub(), None).weight
+    assert torch.equal(first, again)
+    torch.manual_seed(1)
+    build_contrast(ctx(0), "teacher_1a", Stub(), None)
+    assert torch.equal(torch.rand(3), after)  # the global stream is untouched
+    assert not torch.equal(first, build_contrast(ctx(0), "student_2", Stub(), None).weight)
+    assert not torch.equal(first, build_contrast(ctx(1), "teacher_1a", Stub(), None).weight)
