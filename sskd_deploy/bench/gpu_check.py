@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config.layout import LATENCY, METRICS, TRAIN, partial_rows
 from sskd_deploy.io import atomic_write_json, atomic_write_text
 
 PAPER = {"teacher_ms": 350.9, "student_ms": 76.9, "speedup": 4.56, "teacher_gflops": 880, "student_gflops": 200}
@@ -27,7 +28,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def training_summary(run_dir: Path) -> dict[str, Any] | None:
     """Samples/s (median over the logged windows after the first, which holds start-up) and peak CUDA memory."""
-    files = sorted(run_dir.glob("train/*/metrics.jsonl"))
+    files = sorted(run_dir.glob(f"{TRAIN}/*/{METRICS}"))
     if not files:
         return None
     records = [r for r in _jsonl(files[-1]) if "step_seconds" in r]
@@ -44,7 +45,8 @@ def training_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def bench_summary(folder: Path) -> dict[str, Any] | None:
     """The rows and pairs of one bench step; ``complete`` is False when only the partial rows exist."""
-    full, partial = folder / "latency.json", folder / "latency.partial.jsonl"
+    full = folder / LATENCY
+    partial = partial_rows(full)
     if full.is_file():
         result = json.loads(full.read_text())
         return {"complete": True, "rows": result["rows"], "pairs": result["pairs"], "skipped": result["skipped"],

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sskd_deploy.commands.tables import print_bench
+from sskd_deploy.config.layout import RunLayout, partial_rows
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.io import atomic_write_json, atomic_write_text
 
@@ -151,7 +152,7 @@ def _groups(config: Config, artifact_dir: Path | None, sources: list[Path], num_
     if artifact_dir is not None:
         yield lambda: artifact_group(artifact_dir, options)
     for preset in settings.models:
-        yield lambda p=preset: preset_group(p, Path(config.run.out_dir) / "bench" / "graphs", num_classes=num_classes,
+        yield lambda p=preset: preset_group(p, RunLayout.of(config).bench_graphs, num_classes=num_classes,
                                             options=options, calibration_images=sources,
                                             input_size=settings.input_size, onnx=settings.onnx, log=console.print)
 
@@ -176,20 +177,20 @@ def bench_command(config: Config, artifact_dir: Path | None, *, console: Console
     settings = config.bench
     torch.set_num_threads(settings.threads)
     data = resolve_data(config.data, console=console)
-    run_dir = Path(config.run.out_dir)
+    layout = RunLayout.of(config)
     sources = [r.path for r in (data.unlabeled.records or data.val.records)]
-    if artifact_dir is None and (run_dir / "export" / "manifest.json").is_file():
-        artifact_dir = run_dir / "export"
+    if artifact_dir is None and layout.export_manifest.is_file():  # export.out_dir, or <run>/export
+        artifact_dir = layout.export_dir
     if artifact_dir is None and not settings.models and not settings.pairs and triton is None:
         raise SSKDError("nothing to time: no artifact directory (run `sskd-deploy export` first), no bench.models / "
                         "--model, no bench.pairs / --pair and no --triton")
     images = [read_image(p) for p in (sources * max(settings.batches))[:max(settings.batches)]]
     num_classes = len(data.labeled.categories)
     peaks = measure_peaks(settings, console.print) if settings.roofline else {}
-    out = out or run_dir / "bench" / "latency.json"
+    out = out or layout.bench_latency
     # each row as it is measured, so a run stopped by a time limit keeps what it measured; removed
     # once the full result is written
-    partial = out.with_name(out.stem + ".partial.jsonl")
+    partial = partial_rows(out)
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_text("")
 

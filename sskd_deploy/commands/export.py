@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sskd_deploy.commands.tables import print_parity
+from sskd_deploy.config.layout import COMPLETE, PARITY, PARITY_TRITON, RunLayout
 from sskd_deploy.errors import SSKDError
 
 if TYPE_CHECKING:
@@ -21,13 +22,15 @@ def latest_student(config: Config) -> Path:
     import json
     import warnings
 
-    root = Path(config.run.out_dir) / "train"
+    layout = RunLayout.of(config)
+    root = layout.train_dir
     for stage in ("student_3", "student_2"):
-        marker = root / stage / "complete.json"
+        marker = layout.stage_file(stage, COMPLETE)
         if marker.is_file():
             if stage == "student_2":
-                warnings.warn(f"{root / 'student_3'} has not completed; exporting the stage-2 student", stacklevel=2)
-            return root / stage / json.loads(marker.read_text())["checkpoint"]
+                warnings.warn(f"{layout.stage_dir('student_3')} has not completed; exporting the stage-2 student",
+                              stacklevel=2)
+            return layout.stage_file(stage, json.loads(marker.read_text())["checkpoint"])
     raise SSKDError(f"no trained student in {root} (stage student_3 or student_2 complete): run "
                     "`sskd-deploy train` first, or name a checkpoint with --checkpoint / export.checkpoint")
 
@@ -57,9 +60,9 @@ def _export_request(config: Config, *, console: Console, overwrite: bool, recali
     check_checkpoint_matches(checkpoint, config, tuple(data.labeled.categories.names))
     calib = config.export.calibration.images
     source = Path(calib) if calib is not None else [r.path for r in data.unlabeled.records]
-    out = Path(config.export.out_dir) if config.export.out_dir else Path(config.run.out_dir) / "export"
-    return ExportRequest(checkpoint=checkpoint, out_dir=out, config=config.export, val=data.val,
-                         calibration_source=source, cache_dir=Path(config.run.out_dir) / "cache" / "calibration",
+    layout = RunLayout.of(config)
+    return ExportRequest(checkpoint=checkpoint, out_dir=layout.export_dir, config=config.export, val=data.val,
+                         calibration_source=source, cache_dir=layout.calibration_cache,
                          recalibrate=recalibrate, overwrite=overwrite)
 
 
@@ -92,10 +95,10 @@ def verify_command(artifact_dir: Path, config: Config, *, console: Console, spli
         from sskd_deploy.commands.serve import verify_triton
 
         report = verify_triton(Path(artifact_dir), triton, triton_model, dataset, config, console=console,
-                               report_name="parity_triton" if split == "val" else f"parity_triton_{split}")
+                               report_name=PARITY_TRITON if split == "val" else f"{PARITY_TRITON}_{split}")
         print_parity(report, console)
         return report
     report = verify_artifact(Path(artifact_dir), dataset, config=config.export, log=console.print,
-                             report_name="parity" if split == "val" else f"parity_{split}")
+                             report_name=PARITY if split == "val" else f"{PARITY}_{split}")
     print_parity(report, console)
     return report

@@ -91,6 +91,7 @@ def profile_training_step(config: Config, *, role: str, steps: int, warmup: int,
     import torch
     from rich.table import Table
 
+    from sskd_deploy.config.layout import RunLayout
     from sskd_deploy.data.sources import resolve_data
     from sskd_deploy.training.context import TrainContext, pick_device
     from sskd_deploy.training.profile import profile_steps
@@ -104,7 +105,7 @@ def profile_training_step(config: Config, *, role: str, steps: int, warmup: int,
     if threads:
         torch.set_num_threads(threads)
     data = resolve_data(config.data, console=console)
-    ctx = TrainContext(config=config, data=data, root=Path(config.run.out_dir) / "train",
+    ctx = TrainContext(config=config, data=data, root=RunLayout.of(config).train_dir,
                        device=pick_device(config.train.device), console=console)
     try:
         profile = profile_steps(ctx, role=role, steps=steps, warmup=warmup, batch_size=batch_size)

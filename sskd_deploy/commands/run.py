@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sskd_deploy.commands.tables import print_check_report, print_parity
+from sskd_deploy.config.layout import PARITY, PARITY_TRITON, RunLayout
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.io import atomic_write_json, atomic_write_text, recorded_path
 
@@ -31,8 +32,7 @@ class _Run:
 
     config: Config
     console: Console
-    out: Path
-    export_dir: Path
+    layout: RunLayout
     steps: dict[str, dict] = field(default_factory=dict)  # the manifest's "steps", filled in as they finish
     data: DataSources | None = None
     overlay: Path | None = None
@@ -68,7 +68,7 @@ def _statistics(run: _Run) -> None:
     from sskd_deploy.data.stats import dataset_statistics, format_statistics
 
     stats = {role: dataset_statistics(ds) for role, ds in run.data.roles().items()}
-    atomic_write_json(run.out / "data_statistics.json", stats, indent=2)
+    atomic_write_json(run.layout.data_statistics, stats, indent=2)
     for role, s in stats.items():
         run.console.print(f"[bold]{role}[/bold]\n{format_statistics(s)}")
 
@@ -77,7 +77,7 @@ def _overlays(run: _Run) -> dict:
     from sskd_deploy.commands.data import draw_ground_truth
 
     val = run.data.val
-    run.overlay = draw_ground_truth(val, list(range(min(8, len(val)))), run.out / "data_overlays.png")
+    run.overlay = draw_ground_truth(val, list(range(min(8, len(val)))), run.layout.data_overlays)
     return {"file": run.overlay.name}
 
 
@@ -85,7 +85,7 @@ def _train(run: _Run) -> dict:
     from sskd_deploy.training.runner import run_training
 
     summary = run_training(run.config, data=run.data, console=run.console)
-    return {"summary": "train/summary.json",
+    return {"summary": run.layout.shown(run.layout.train_summary),
             "stages": {k: {"ap": v.get("ap"), "ap50": v.get("ap50")} for k, v in summary["stages"].items()}}
 
 
@@ -95,16 +95,16 @@ def _export(run: _Run) -> dict:
     exported = export_command(run.config, console=run.console)
     parity = exported.get("parity", {})
     if parity and not parity["ok"]:
-        raise SSKDError(f"export parity gate failed: see {run.export_dir / 'parity.md'}")
+        raise SSKDError(f"export parity gate failed: see {run.layout.export_report(PARITY, '.md')}")
     # relative to the run directory when the artifact is inside it (the default), else absolute
-    return {"artifact": recorded_path(run.export_dir / "manifest.json", run.out), "parity_ok": parity.get("ok"),
+    return {"artifact": recorded_path(run.layout.export_manifest, run.layout.root), "parity_ok": parity.get("ok"),
             "ap": {r["runner"]: r["ap"] for r in parity.get("rows", [])}}
 
 
 def _bench(run: _Run) -> dict:
-    artifact = run.export_dir if (run.export_dir / "manifest.json").is_file() else None
+    artifact = run.layout.export_dir if run.layout.export_manifest.is_file() else None
     benched = main_job_bench(run.config, artifact, console=run.console)
-    return {"result": "bench/latency.json", "triton": benched["triton"]}
+    return {"result": run.layout.shown(run.layout.bench_latency), "triton": benched["triton"]}
 
 
 def _manifest(run: _Run) -> None:
@@ -116,13 +116,13 @@ def _manifest(run: _Run) -> None:
         "data_hash": run.data.content_hash(), "steps": run.steps,
         "versions": library_versions(), "environment": environment(),
     }
-    atomic_write_json(run.out / "manifest.json", run.manifest, indent=2)
+    atomic_write_json(run.layout.manifest, run.manifest, indent=2)
 
 
 def _report(run: _Run) -> dict:
     from sskd_deploy.report import build_report
 
-    run.report = build_report(run.out, log=run.console.print)
+    run.report = build_report(run.layout.root, log=run.console.print)
     return {"file": run.report.name}
 
 
@@ -145,11 +145,11 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
     """The main job. Returns (and writes) the run manifest ``<out_dir>/manifest.json``."""
     from sskd_deploy.config import dump_config
 
-    out = Path(config.run.out_dir)
+    layout = RunLayout.of(config)
+    out = layout.root
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(config))
-    export_dir = Path(config.export.out_dir) if config.export.out_dir else out / "export"
-    run = _Run(config=config, console=console, out=out, export_dir=export_dir)
+    atomic_write_text(layout.config_file, dump_config(config))
+    run = _Run(config=config, console=console, layout=layout)
     for step in STEPS:
         if step.optional and step.name not in config.run.steps:
             continue
@@ -159,7 +159,7 @@ def run_pipeline(config: Config, *, console: Console) -> dict:
             continue
         run.steps[step.name] = {"seconds": round(time.perf_counter() - start, step.digits), **record}
         if run.manifest is not None:
-            atomic_write_json(out / "manifest.json", run.manifest, indent=2)
+            atomic_write_json(layout.manifest, run.manifest, indent=2)
     if run.report is not None:
         console.print(f"[green]done[/green]: run directory {out}; report: [bold]{run.report}[/bold]")
     else:
@@ -182,7 +182,7 @@ def main_job_bench(config: Config, artifact_dir: Path | None, *, console: Consol
 
     # the served batch bound cannot exceed the graph's; the repository lives in the run, not the checkout
     graph_max = int(read_manifest(artifact_dir)["export_config"]["max_batch"])
-    serve = config.serve.model_copy(update={"repository": Path(config.run.out_dir) / "serve" / "triton_models",
+    serve = config.serve.model_copy(update={"repository": RunLayout.of(config).triton_repository,
                                             "max_batch": min(config.serve.max_batch, graph_max)})
     served = config.model_copy(update={"serve": serve})
     try:
@@ -206,7 +206,7 @@ def _verify_served(config: Config, artifact_dir: Path, url: str, model: str, con
     from sskd_deploy.data.sources import resolve_data
 
     data = resolve_data(config.data, console=console)
-    report = verify_triton(artifact_dir, url, model, data.val, config, console=console, report_name="parity_triton")
+    report = verify_triton(artifact_dir, url, model, data.val, config, console=console, report_name=PARITY_TRITON)
     print_parity(report, console)
     if not report["ok"]:
-        raise SSKDError(f"the served model disagrees with the artifact: see {artifact_dir / 'parity_triton.md'}")
+        raise SSKDError(f"the served model disagrees with the artifact: see {artifact_dir / (PARITY_TRITON + '.md')}")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sskd_deploy.config.layout import FP32_GRAPH, RunLayout
 from sskd_deploy.errors import InputError, SSKDError
 from sskd_deploy.io import atomic_write_json, atomic_write_text
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from sskd_deploy.config import Config
     from sskd_deploy.serving.repository import ServedGraph
 
-GRAPH_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
+GRAPH_FILES = {"fp32": FP32_GRAPH, "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
                "mixed": "model_int8_mixed.onnx"}
 # The INT8 graphs TensorRT takes (symmetric S8, its rules): what the ONNX form serves when the TensorRT
 # execution accelerator builds its engine from it (the U8 CPU graph is for ONNX Runtime on x86).
@@ -29,7 +30,7 @@ TENSORRT_GRAPH_FILES = {"int8": "model_int8_tensorrt.onnx", "mixed": "model_int8
 
 
 def default_artifact(config: Config) -> Path:
-    return Path(config.export.out_dir) if config.export.out_dir else Path(config.run.out_dir) / "export"
+    return RunLayout.of(config).export_dir
 
 
 def served_graph(artifact_dir: Path, precision: str, *, tensorrt: bool = False) -> ServedGraph:
@@ -78,7 +79,7 @@ def prepare_server(config: Config, artifact_dir: Path | None, *, console: Consol
     model = repo["models"][form]["name"]
     ports = {k: (0 if any_port else getattr(s, k)) or free_port(s.host)
              for k in ("grpc_port", "http_port", "metrics_port")}
-    log_path = Path(config.run.out_dir) / "serve" / "tritonserver.log"
+    log_path = RunLayout.of(config).triton_log
     server = TritonServer(install, Path(s.repository), [model], host=s.host, log_path=log_path,
                           startup_timeout_s=s.startup_timeout_s, **ports)
     console.print(f"starting {install.describe()}")

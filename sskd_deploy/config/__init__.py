@@ -12,6 +12,7 @@ One module per part (pure data: no torch):
 - :mod:`~sskd_deploy.config.serve`: the ``serve`` section (Triton repository and server).
 - :mod:`~sskd_deploy.config.bench`: the ``bench`` section.
 - :mod:`~sskd_deploy.config.model`: model sizes (:class:`ModelConfig`) and the named presets.
+- :mod:`~sskd_deploy.config.layout`: the run directory's layout (:class:`RunLayout`), every path named once.
 
 The names below are the run configuration's entry points; the section classes and model presets
 are imported from their own modules.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config import layout as run_layout
 from sskd_deploy.config.export import ExportConfig
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.errors import InputError, SSKDError
@@ -30,8 +31,9 @@ from sskd_deploy.provenance import environment, hash_file, library_versions
 
 ARTIFACT_FORMAT = "sskd-deploy/artifact"
 RUN_FORMAT = "sskd-deploy/run"  # the run manifest (commands.run.run_pipeline), named in refusals
-MANIFEST = "manifest.json"
-CHECKPOINT = "model.safetensors"
+MANIFEST = run_layout.MANIFEST
+CHECKPOINT = run_layout.CHECKPOINT
+FP32_GRAPH = run_layout.FP32_GRAPH
 Log = Callable[[str], None]
 
 
@@ -102,7 +104,7 @@ def _int8(req: ExportRequest, tmp: Path, spec, wrapper, log: Log) -> dict[str, A
                                           min_images=cal.min_images)
     options = dict(selection=selection, spec=spec, method=cal.method, percentile=cal.percentile,
                    cache_dir=req.cache_dir, batch_size=cal.batch_size)
-    fp32 = tmp / "model_fp32.onnx"
+    fp32 = tmp / FP32_GRAPH
     log(f"INT8: calibrating on {len(selection.paths)} images ({cal.method})")
     record: dict[str, Any] = {"calibration": selection.to_dict(), "graphs": {}}
     for target, name in INT8_GRAPHS.items():
@@ -160,7 +162,7 @@ def _openvino_int8(req: ExportRequest, tmp: Path, excluded: list[str], options: 
             continue
         name = OPENVINO_GRAPHS[precision]
         log(f"OpenVINO: NNCF {precision} -> {name}")
-        record[name] = quantize_openvino(tmp / "model_fp32.onnx", tmp / name, selection=options["selection"],
+        record[name] = quantize_openvino(tmp / FP32_GRAPH, tmp / name, selection=options["selection"],
                                          spec=options["spec"], cache_dir=options["cache_dir"],
                                          recalibrate=req.recalibrate, exclude_nodes=nodes)
     return {"built": record}
@@ -274,14 +276,14 @@ def export_artifact(req: ExportRequest, *, log: Log = print) -> dict[str, Any]:
         shutil.copyfile(req.checkpoint, tmp / CHECKPOINT)
         files: dict[str, dict[str, Any]] = {CHECKPOINT: _file_entry(tmp / CHECKPOINT, kind="checkpoint")}
         log("ONNX FP32: exporting the deploy wrapper")
-        smoke = export_onnx(wrapper, tmp / "model_fp32.onnx", checkpoint_sha256=files[CHECKPOINT]["sha256"],
+        smoke = export_onnx(wrapper, tmp / FP32_GRAPH, checkpoint_sha256=files[CHECKPOINT]["sha256"],
                             opset=cfg.opset, max_batch=max(cfg.max_batch, 2))
-        files["model_fp32.onnx"] = _file_entry(tmp / "model_fp32.onnx", backend="onnxruntime", precision="fp32",
+        files[FP32_GRAPH] = _file_entry(tmp / FP32_GRAPH, backend="onnxruntime", precision="fp32",
                                                smoke_test=smoke)
-        graphs = {"fp32": "model_fp32.onnx"}
+        graphs = {"fp32": FP32_GRAPH}
         if cfg.fp16:
             log("ONNX FP16: converting, sensitive ops kept in FP32")
-            fp16 = convert_fp16(tmp / "model_fp32.onnx", tmp / "model_fp16.onnx")
+            fp16 = convert_fp16(tmp / FP32_GRAPH, tmp / "model_fp16.onnx")
             files["model_fp16.onnx"] = _file_entry(tmp / "model_fp16.onnx", backend="onnxruntime",
                                                    precision="fp16", conversion=fp16)
             graphs["fp16"] = "model_fp16.onnx"
@@ -345,16 +347,19 @@ def is_artifact_dir(folder: Path) -> bool:
 
 
 def _meant(folder: Path) -> str:
-    """``"; ... whose export artifact is <run>/export: pass that instead"`` when ``folder`` has an artifact
-    below it (a run directory, usually), else ``""``."""
+    """``"; ... whose export artifact is <run>/export: pass that instead"`` when ``folder`` is a run directory
+    with an artifact where its recorded config puts it (``export.out_dir``, else ``<run>/export``) or has one
+    below it, else ``""``."""
     folder = Path(folder)
     if not folder.is_dir():
         return ""
+    placed = run_layout.RunLayout.recorded(folder).export_dir
     below = sorted(p for p in folder.iterdir() if p.is_dir() and is_artifact_dir(p))
-    below.sort(key=lambda p: p.name != "export")  # the default place first
-    if not below:
+    below.sort(key=lambda p: p.name != run_layout.EXPORT)  # the default place first
+    found = ([placed] if is_artifact_dir(placed) else []) + [p for p in below if p != placed]
+    if not found:
         return ""
-    return f"; it looks like a run directory, whose export artifact is {below[0]}: pass that instead"
+    return f"; it looks like a run directory, whose export artifact is {found[0]}: pass that instead"
 
 
 def verified_file(artifact_dir: Path, manifest: dict[str, Any], name: str) -> str:
@@ -414,9 +419,9 @@ def graph_runners(artifact_dir: Path, manifest: dict[str, Any], threads: int | N
 
             runners[f"tensorrt-{entry['precision']}"] = TensorRTRunner(path, name=f"tensorrt-{entry['precision']}")
     if "version" in manifest.get("openvino", {}):
-        extras = {"openvino-fp32": ("model_fp32.onnx", "f32"), "openvino-int8-qdq": (INT8_GRAPHS["tensorrt"], "f32")}
+        extras = {"openvino-fp32": (FP32_GRAPH, "f32"), "openvino-int8-qdq": (INT8_GRAPHS["tensorrt"], "f32")}
         if bench_extras:
-            extras["openvino-bf16"] = ("model_fp32.onnx", "bf16")
+            extras["openvino-bf16"] = (FP32_GRAPH, "bf16")
         for runner, (name, hint) in extras.items():
             if name in manifest["files"] and _openvino_runnable(skipped, runner):
                 runners.update(_openvino_runner(artifact_dir / name, manifest, threads, runner, skipped, hint=hint))
@@ -448,7 +453,7 @@ def _openvino_runner(path: Path, manifest: dict[str, Any], threads: int | None, 
 
 
 def verify_artifact(artifact_dir: Path, val: Dataset, *, config: ExportConfig, log: Log = print,
-                    report_name: str = "parity") -> dict[str, Any]:
+                    report_name: str = run_layout.PARITY) -> dict[str, Any]:
     """Run the parity gate on an artifact directory; writes ``<report_name>.json`` and ``.md`` into it."""
     from sskd_deploy.export.parity import compare_runners, parity_markdown
     from sskd_deploy.runtime.torch_runner import TorchRunner

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config.layout import REPORT
 from sskd_deploy.io import atomic_write_text
 from sskd_deploy.report.latency import latency_section
 from sskd_deploy.report.overlays import overlay_section
@@ -22,16 +23,16 @@ from sskd_deploy.report.parity import export_section
 from sskd_deploy.report.runfiles import RunFiles, open_run
 from sskd_deploy.report.training import training_section
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT
 
 
 def _config(run: RunFiles) -> Any | None:
     """The run's resolved config, or None when it has none (a broken one is a ConfigError)."""
-    if not run.exists("config.yaml"):
+    if not run.layout.config_file.is_file():
         return None
     from sskd_deploy.config import load_config
 
-    return load_config(run.path("config.yaml"))
+    return load_config(run.layout.config_file)
 
 
 def _synthetic(config: Any | None, manifest: dict[str, Any] | None) -> bool:
@@ -61,8 +62,9 @@ def build_report(run_dir: Path, *, out: Path | None = None, num_overlays: int = 
     """
     start = time.perf_counter()
     run = open_run(Path(run_dir))
-    manifest = run.json("manifest.json")
+    manifest = run.json(run.layout.manifest)
     config = _config(run)
+    run = run.placed(config)  # the artifact where the run's config put it (export.out_dir)
     sections = [
         data_section(run=run, manifest=manifest),
         training_section(run=run, synthetic=_synthetic(config, manifest)),
@@ -73,7 +75,7 @@ def build_report(run_dir: Path, *, out: Path | None = None, num_overlays: int = 
     ]
     html = render_page(title=f"sskd-deploy run report: {run.root.resolve().name}",
                        facts=_facts(run, config, manifest), sections=sections)
-    target = Path(out) if out is not None else run.path(REPORT_NAME)
+    target = Path(out) if out is not None else run.layout.report
     atomic_write_text(target, html)
     log(f"report: {len(html.encode()) / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
     return target

@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from sskd_deploy.config.layout import CURVES, METRICS
 from sskd_deploy.report.html import Markup, figure, missing, note, number
 from sskd_deploy.report.runfiles import RunFiles, read_jsonl
 
@@ -67,19 +68,20 @@ def curve_parts(run: RunFiles, stages: Sequence[str]) -> list[Markup]:
     metrics: dict[str, list[dict[str, Any]]] = {}
     fallbacks: list[Markup] = []
     for stage in stages:
-        records = read_jsonl(run.path(f"train/{stage}/metrics.jsonl"))
+        log = run.layout.stage_file(stage, METRICS)
+        records = read_jsonl(log)
         if records and _series(records, "loss")[0]:
             metrics[stage] = records
             continue
-        png = run.png(f"train/{stage}/curves.png")
+        png = run.png(run.layout.stage_file(stage, CURVES))
         if png is None:
-            fallbacks.append(missing(f"train/{stage}/metrics.jsonl", f"train --stages {stage}"))
+            fallbacks.append(missing(run.layout.shown(log), f"train --stages {stage}"))
         else:
-            fallbacks.append(figure(png, caption=f"{stage}: curves.png written by training "
-                                                 "(its metrics.jsonl is missing or unreadable)"))
+            fallbacks.append(figure(png, caption=f"{stage}: {CURVES} written by training "
+                                                 f"(its {METRICS} is missing or unreadable)"))
     parts: list[Markup] = []
     if metrics:
-        caption = f"Loss terms against the optimiser step, {len(metrics)} stage(s), from metrics.jsonl"
+        caption = f"Loss terms against the optimiser step, {len(metrics)} stage(s), from {METRICS}"
         parts.append(figure(plot_losses(metrics), caption=caption, alt="training curves"))
     elif not fallbacks:
         parts.append(note("no training stages found"))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config.layout import BENCH
 from sskd_deploy.report.html import DASH, Section, figure, fmt, missing, note, section, table, tag
 from sskd_deploy.report.runfiles import RunFiles, mapping, objects
 
-BENCH_JSON = "bench/latency.json"
 # METHOD.md section 5, "Efficiency": teacher -> student, hardware unstated.
 PAPER_PAIR = ["paper: adapted VFM teacher", "paper: student", DASH, "hardware unstated", DASH, "350.9", "76.9",
               "4.56x", "880", "200"]
@@ -97,33 +97,33 @@ def _triton_parts(triton: dict[str, Any], where: Path) -> list[object]:
 
 def _plot_parts(run: RunFiles, plots: dict[str, Any]) -> list[object]:
     parts: list[object] = []
-    folder = run.path(BENCH_JSON).parent.resolve()
+    folder = run.layout.bench_dir.resolve()
     for name, rel in plots.items():
         path = (folder / str(rel)).resolve()
         # only pictures inside the bench folder: the JSON must not pull arbitrary files into the page
         png = run.png(path) if path.is_relative_to(folder) else None
         if png is None:
-            parts.append(note(f"bench plot {name!s}: bench/{rel!s} missing or not a PNG"))
+            parts.append(note(f"bench plot {name!s}: {BENCH}/{rel!s} missing or not a PNG"))
         else:
-            parts.append(figure(png, caption=f"{name}: bench/{rel}"))
+            parts.append(figure(png, caption=f"{name}: {BENCH}/{rel}"))
     return parts
 
 
 def _triton_doc(run: RunFiles, bench: dict[str, Any]) -> tuple[dict[str, Any], Path]:
     """The load test from latency.json, or from the separate triton.json an older bench wrote."""
-    where = run.path(BENCH_JSON)
+    where = run.layout.bench_latency
     triton = mapping(bench, "triton", where=where)
-    if not triton and run.exists("bench/triton.json"):
-        where = run.path("bench/triton.json")
-        triton = mapping(run.json("bench/triton.json") or {}, "triton", where=where)
+    if not triton and run.exists(run.layout.bench_triton_legacy):
+        where = run.layout.bench_triton_legacy
+        triton = mapping(run.json(where) or {}, "triton", where=where)
     return triton, where
 
 
 def latency_section(*, run: RunFiles) -> Section:
-    bench = run.json(BENCH_JSON)
+    where = run.layout.bench_latency
+    bench = run.json(where)
     if bench is None:
-        return section("latency", "Latency and throughput", [missing(BENCH_JSON, "bench")])
-    where = run.path(BENCH_JSON)
+        return section("latency", "Latency and throughput", [missing(run.layout.shown(where), "bench")])
     settings = mapping(bench, "settings", where=where)
     parts: list[object] = [note("settings: " + (", ".join(f"{k} {v}" for k, v in settings.items()) or DASH)),
                            _latency_table(objects(bench, "rows", where=where))]

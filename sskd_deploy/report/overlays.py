@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sskd_deploy.config.layout import CHECKPOINT, CONFIG
 from sskd_deploy.errors import SSKDError
 from sskd_deploy.report.html import Markup, Section, figure, fmt, missing, note, para, section, tag
 from sskd_deploy.report.runfiles import RunFiles
 
-ONNX_FP32 = "export/model_fp32.onnx"
-STUDENT_CHECKPOINTS = ("train/student_3/model.safetensors", "train/student_2/model.safetensors")
+STUDENT_STAGES = ("student_3", "student_2")  # the latest student first
 DRAW_THRESHOLD = 0.5  # predictions below it are not drawn (they still count for AP)
 TITLE = "Best and worst val images"
 
@@ -54,15 +54,18 @@ def best_and_worst(scores: Sequence[ImageScore], num: int) -> tuple[list[ImageSc
 
 def _open_runner(run: RunFiles) -> tuple[Any, str] | None:
     """The exported FP32 graph, else the latest student checkpoint; None when the run has neither."""
-    if run.exists(ONNX_FP32):
+    graph = run.layout.export_fp32_graph
+    if run.exists(graph):
         from sskd_deploy.runtime.onnxruntime_runner import OrtRunner
 
-        return OrtRunner(run.path(ONNX_FP32), providers=["CPUExecutionProvider"]), f"{ONNX_FP32} (ONNX Runtime)"
-    for rel in STUDENT_CHECKPOINTS:
-        if run.exists(rel):
+        return (OrtRunner(graph, providers=["CPUExecutionProvider"]),
+                f"{run.layout.shown(graph)} (ONNX Runtime)")
+    for stage in STUDENT_STAGES:
+        checkpoint = run.layout.stage_file(stage, CHECKPOINT)
+        if run.exists(checkpoint):
             from sskd_deploy.runtime.torch_runner import TorchRunner
 
-            return TorchRunner.from_checkpoint(run.path(rel)), f"{rel} (PyTorch)"
+            return TorchRunner.from_checkpoint(checkpoint), f"{run.layout.shown(checkpoint)} (PyTorch)"
     return None
 
 
@@ -107,7 +110,7 @@ def _gallery(title: str, picked: list[ImageScore], dataset: Any, predictions: di
 def _overlay_parts(run: RunFiles, config: Any, num: int, log: Callable[[str], None]) -> list[object]:
     opened = _open_runner(run)
     if opened is None:
-        return [missing(ONNX_FP32, "export")]
+        return [missing(run.layout.shown(run.layout.export_fp32_graph), "export")]
     runner, described = opened
     try:
         val = _val_split(config)
@@ -132,7 +135,7 @@ def overlay_section(*, run: RunFiles, config: Any | None, num: int, log: Callabl
     if num <= 0:
         return section("overlays", TITLE, [note("not drawn: --num-overlays 0")])
     if config is None:
-        return section("overlays", TITLE, [missing("config.yaml", "run")])
+        return section("overlays", TITLE, [missing(CONFIG, "run")])
     try:
         parts = _overlay_parts(run, config, num, log)
     except SSKDError as err:  # unreadable model or data: the rest of the report is still worth having

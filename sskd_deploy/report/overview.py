@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sskd_deploy.config.layout import DATA_OVERLAYS, DATA_STATISTICS, LATENCY, MANIFEST
 from sskd_deploy.report.html import DASH, Section, figure, fmt, key_values, missing, section, table, tag
 from sskd_deploy.report.runfiles import RunFiles, mapping
 
@@ -37,19 +38,20 @@ def _class_table(stats: dict[str, Any]) -> object:
 
 
 def data_section(*, run: RunFiles, manifest: dict[str, Any] | None) -> Section:
-    stats = run.json("data_statistics.json")
-    steps = mapping(manifest or {}, "steps", where=run.path("manifest.json"))
+    layout = run.layout
+    stats = run.json(layout.data_statistics)
+    steps = mapping(manifest or {}, "steps", where=layout.manifest)
     source = steps.get("data", {}).get("source", {}) if isinstance(steps.get("data"), dict) else {}
     parts: list[object] = [key_values([("origin", source.get("origin", DASH) if isinstance(source, dict) else DASH)])]
     if stats is None:
-        parts.append(missing("data_statistics.json", "run"))
+        parts.append(missing(DATA_STATISTICS, "run"))
     else:
         parts += [_role_table(stats), _class_table(stats)]
-    png = run.png("data_overlays.png")
+    png = run.png(layout.data_overlays)
     if png is None:
-        parts.append(missing("data_overlays.png", "run"))
+        parts.append(missing(DATA_OVERLAYS, "run"))
     else:
-        parts.append(figure(png, caption="Ground-truth overlays (data_overlays.png)"))
+        parts.append(figure(png, caption=f"Ground-truth overlays ({DATA_OVERLAYS})"))
     return section("data", "Data", parts)
 
 
@@ -71,7 +73,7 @@ def _machine(env: dict[str, Any], manifest: dict[str, Any]) -> object:
 
 def _versions(ran: dict[str, Any], timed: dict[str, Any]) -> object:
     rows = [[n, ran.get(n, DASH), timed.get(n, DASH)] for n in sorted({*ran, *timed})]
-    return table(["library", "run (manifest.json)", "bench (latency.json)"], rows, caption="Library versions")
+    return table(["library", f"run ({MANIFEST})", f"bench ({LATENCY})"], rows, caption="Library versions")
 
 
 def _steps(steps: dict[str, Any]) -> object:
@@ -80,16 +82,16 @@ def _steps(steps: dict[str, Any]) -> object:
         step = step if isinstance(step, dict) else {}
         extra = ", ".join(f"{k} {v}" for k, v in step.items() if k != "seconds" and isinstance(v, (str, int, float)))
         rows.append([name, fmt(step.get("seconds"), 1), extra or DASH])
-    return table(["step", "seconds", "details"], rows, align="lrl", caption="Steps of the main job (manifest.json)")
+    return table(["step", "seconds", "details"], rows, align="lrl", caption=f"Steps of the main job ({MANIFEST})")
 
 
 def environment_section(*, run: RunFiles, manifest: dict[str, Any] | None) -> Section:
     """Machine, versions, hashes and step timings; the bench's environment wins where both have a value."""
-    bench = run.json("bench/latency.json")
-    ran, m_where = manifest or {}, run.path("manifest.json")
-    timed, b_where = bench or {}, run.path("bench/latency.json")
+    bench = run.json(run.layout.bench_latency)
+    ran, m_where = manifest or {}, run.layout.manifest
+    timed, b_where = bench or {}, run.layout.bench_latency
     env = {**mapping(ran, "environment", where=m_where), **mapping(timed, "environment", where=b_where)}
-    parts: list[object] = [] if manifest is not None else [missing("manifest.json", "run")]
+    parts: list[object] = [] if manifest is not None else [missing(MANIFEST, "run")]
     parts += [_machine(env, ran),
               _versions(mapping(ran, "versions", where=m_where), mapping(timed, "versions", where=b_where))]
     if manifest is not None:

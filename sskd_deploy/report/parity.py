@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sskd_deploy.config.layout import PARITY, PARITY_TRITON
 from sskd_deploy.report.html import DASH, Section, badge, fmt, missing, note, section, table, tag
 from sskd_deploy.report.runfiles import RunFiles, mapping, objects
 
@@ -60,14 +61,16 @@ def _skipped(docs: list[tuple[dict[str, Any], Any]], manifest: dict[str, Any] | 
 
 
 def _parity_parts(run: RunFiles, manifest: dict[str, Any] | None) -> list[object]:
-    parity = run.json("export/parity.json")
+    layout = run.layout
+    gate, through_triton = layout.export_report(PARITY), layout.export_report(PARITY_TRITON)
+    parity = run.json(gate)
     if parity is None:
-        return [missing("export/parity.json", "verify runs/<name>/export")]
-    docs = [(parity, run.path("export/parity.json"))]
+        return [missing(layout.shown(gate), f"verify {layout.export_hint}")]
+    docs = [(parity, gate)]
     rows = _parity_rows(parity, where=docs[0][1], skip_reference=False)
-    served = run.json("export/parity_triton.json")
+    served = run.json(through_triton)
     if served is not None:
-        docs.append((served, run.path("export/parity_triton.json")))
+        docs.append((served, through_triton))
         rows += _parity_rows(served, where=docs[1][1], skip_reference=True)
     skipped = _skipped(docs, manifest)
     rows += [[name, DASH, DASH, DASH, DASH, DASH, DASH, DASH, DASH, DASH, badge(None, text="skipped")]
@@ -78,7 +81,7 @@ def _parity_parts(run: RunFiles, manifest: dict[str, Any] | None) -> list[object
                "decisions: detections above 0.5 matched by label and mask IoU >= 0.5")
     parts: list[object] = [table(headers, rows, align="llllrrrlrrl", caption=caption)]
     if served is None:
-        parts.append(missing("export/parity_triton.json", "verify runs/<name>/export --triton HOST:PORT"))
+        parts.append(missing(layout.shown(through_triton), f"verify {layout.export_hint} --triton HOST:PORT"))
     budgets = mapping(parity, "budgets", where=docs[0][1])
     if budgets:
         parts.append(note("budgets: " + ", ".join(f"{k} {v}" for k, v in sorted(budgets.items()))))
@@ -86,9 +89,9 @@ def _parity_parts(run: RunFiles, manifest: dict[str, Any] | None) -> list[object
     return parts
 
 
-def _artifact_parts(manifest: dict[str, Any] | None, where: Any) -> list[object]:
+def _artifact_parts(manifest: dict[str, Any] | None, where: Any, shown: str) -> list[object]:
     if manifest is None:
-        return [missing("export/manifest.json", "export --int8")]
+        return [missing(shown, "export --int8")]
     rows = [[name, info.get("kind") or info.get("backend", DASH), info.get("precision", DASH),
              info.get("target", DASH), fmt(info.get("bytes"), 2, scale=1e-6)]
             for name, info in sorted(mapping(manifest, "files", where=where).items()) if isinstance(info, dict)]
@@ -121,7 +124,8 @@ def _census_parts(int8: dict[str, Any]) -> list[object]:
 
 def export_section(*, run: RunFiles) -> Section:
     """Artifact files, then the parity table (FP32, FP16, INT8, mixed, TensorRT, Triton)."""
-    manifest = run.json("export/manifest.json")
-    parts = [tag("h3", "Artifact"), *_artifact_parts(manifest, run.path("export/manifest.json")),
+    where = run.layout.export_manifest
+    manifest = run.json(where)
+    parts = [tag("h3", "Artifact"), *_artifact_parts(manifest, where, run.layout.shown(where)),
              tag("h3", "Parity against PyTorch"), *_parity_parts(run, manifest)]
     return section("export", "Export and parity", parts)

@@ -12,25 +12,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sskd_deploy.config.layout import CONFIG, MANIFEST, RunLayout
 from sskd_deploy.errors import InputError
 from sskd_deploy.report.html import is_png
 
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The run directory ``root``; paths given to the readers are relative to it."""
+    """The run directory ``layout.root`` and its readers; they take the paths ``layout`` gives (the
+    export directory may lie outside the run)."""
 
-    root: Path
+    layout: RunLayout
 
-    def path(self, rel: str) -> Path:
-        return self.root / rel
+    @property
+    def root(self) -> Path:
+        return self.layout.root
 
-    def exists(self, rel: str) -> bool:
-        return self.path(rel).is_file()
+    def placed(self, config: Any | None) -> RunFiles:
+        """The same run with the export directory its resolved ``config`` names (``export.out_dir``)."""
+        return RunFiles(RunLayout.at(self.root, config))
 
-    def json(self, rel: str) -> dict[str, Any] | None:
-        """The JSON object in ``rel``; None when absent; InputError when unreadable or not an object."""
-        path = self.path(rel)
+    def exists(self, path: Path) -> bool:
+        return Path(path).is_file()
+
+    def json(self, path: Path) -> dict[str, Any] | None:
+        """The JSON object in ``path``; None when absent; InputError when unreadable or not an object."""
+        path = Path(path)
         if not path.is_file():
             return None
         try:
@@ -41,11 +48,10 @@ class RunFiles:
             raise InputError(path, f"expected a JSON object, found {type(doc).__name__}")
         return doc
 
-    def png(self, rel: str | Path) -> bytes | None:
+    def png(self, path: Path) -> bytes | None:
         """The bytes of a PNG file, or None when it is absent or not a PNG (nothing else is embedded)."""
-        path = self.root / rel
         try:
-            data = path.read_bytes()
+            data = Path(path).read_bytes()
         except OSError:
             return None
         return data if is_png(data) else None
@@ -54,10 +60,11 @@ class RunFiles:
 def open_run(run_dir: Path) -> RunFiles:
     """Check that ``run_dir`` looks like a run: a directory with a manifest or a resolved config."""
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     if not run_dir.is_dir():
         raise InputError(run_dir, "no such run directory")
-    if not (run_dir / "manifest.json").is_file() and not (run_dir / "config.yaml").is_file():
-        raise InputError(run_dir, "not a run directory: it has neither manifest.json nor config.yaml "
+    if not layout.manifest.is_file() and not layout.config_file.is_file():
+        raise InputError(run_dir, f"not a run directory: it has neither {MANIFEST} nor {CONFIG} "
                                   "(run `sskd-deploy run`)")
     from sskd_deploy.export.artifact import is_artifact_dir
 
@@ -65,7 +72,7 @@ def open_run(run_dir: Path) -> RunFiles:
         parent = run_dir.absolute().parent
         raise InputError(run_dir, f"is an export artifact, not a run directory; its run directory is probably "
                                   f"{run_dir.parent if run_dir.parent != Path('.') else parent}: pass that instead")
-    return RunFiles(run_dir)
+    return RunFiles(layout)
 
 
 def objects(doc: dict[str, Any], key: str, *, where: Path) -> list[dict[str, Any]]:

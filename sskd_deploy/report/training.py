@@ -87,13 +87,13 @@ def _stage_order(summary: dict[str, Any], stages: dict[str, Any]) -> list[str]:
 
 def training_section(*, run: RunFiles, synthetic: bool) -> Section:
     """Stage table, paper comparison, ordering and curves; notes where the run has no training output."""
-    summary = run.json("train/summary.json")
+    summary = run.json(run.layout.train_summary)
     parts: list[object] = [_caveat(synthetic)]
     if summary is None:
-        parts.append(missing("train/summary.json", "train"))
-        order = [s for s in DEFAULT_STAGES if run.path(f"train/{s}").is_dir()]
+        parts.append(missing(run.layout.shown(run.layout.train_summary), "train"))
+        order = [s for s in DEFAULT_STAGES if run.layout.stage_dir(s).is_dir()]
     else:
-        stages = mapping(summary, "stages", where=run.path("train/summary.json"))
+        stages = mapping(summary, "stages", where=run.layout.train_summary)
         stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
         order = _stage_order(summary, stages)
         parts += [tag("h3", "Per stage"), _stage_table(order, stages), tag("h3", "Against the paper"),

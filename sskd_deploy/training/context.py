@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sskd_deploy.config import Config
+from sskd_deploy.config.layout import COMPLETE, TrainLayout
 from sskd_deploy.config.model import ModelConfig, model_preset
 from sskd_deploy.data.records import Dataset
 from sskd_deploy.data.sources import DataSources
@@ -23,9 +24,6 @@ from sskd_deploy.models.matcher import HungarianMatcher
 from sskd_deploy.models.vocabulary import is_model_checkpoint, new_names, restrict_to_names
 from sskd_deploy.spec import IOSpec
 from sskd_deploy.training.data import PairedSet, SegmentationSamples
-
-COMPLETE = "complete.json"
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -74,8 +72,12 @@ class TrainContext:
     def spec(self, config: ModelConfig) -> IOSpec:
         return IOSpec.from_model_config(config, self.class_names)
 
+    @property
+    def layout(self) -> TrainLayout:
+        return TrainLayout(self.root)
+
     def stage_dir(self, stage: str) -> Path:
-        return self.root / stage
+        return self.layout.stage_dir(stage)
 
     def whole_model(self, role: str) -> Path | None:
         """The role's starting weights when they are a whole sskd-deploy model (e.g. the shipped teacher),
@@ -91,7 +93,7 @@ class TrainContext:
         From a whole pretrained model, theta_0 is that model with its class heads sliced to the data's
         class names (zero-shot by name); otherwise a fresh model, with pretrained encoder weights if given.
         """
-        path = self.root / "init" / f"{role}.safetensors"
+        path = self.layout.init_weights(role)
         if not path.is_file():
             config = self.model_config(role)
             torch.manual_seed(self.config.run.seed + (0 if role == "student" else 1))

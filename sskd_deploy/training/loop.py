@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from sskd_deploy.config.layout import METRICS
 from sskd_deploy.errors import ConfigError
 from sskd_deploy.training.distributed import (
     ShardedBatchSampler,
@@ -205,7 +206,7 @@ class _Run:
             if self.world > 1 else self.model
         for module in (self.model, *self.extra.values()):
             module.train()
-        log = MetricsLog(path=self.out_dir / "metrics.jsonl", keep_until=resumed_from or 0) if self.rank == 0 else None
+        log = MetricsLog(path=self.out_dir / METRICS, keep_until=resumed_from or 0) if self.rank == 0 else None
         bar = ProgressBar(console=self.console, total=self.cfg.steps, completed=self.step)
         window, batches = StepWindow(), self.batches()
         try:

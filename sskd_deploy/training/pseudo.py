@@ -26,7 +26,7 @@ def pseudo_label(ctx: TrainContext, teacher: StageTeacher, teacher_checkpoint: P
     ``model.safetensors``, or its ``weights/`` directory for Grounded-SAM2) and brings its labeling rule.
     """
     labeler, kwargs = teacher.labeler(ctx, teacher_checkpoint)
-    kwargs.update(out_root=ctx.root / "pseudo", device=ctx.device)
+    kwargs.update(out_root=ctx.layout.pseudo_dir, device=ctx.device)
     # A folder of images has no classes of its own: the pseudo-labels speak the labeled set's classes.
     unlabeled = replace(ctx.data.unlabeled, categories=ctx.data.labeled.categories)
     store = None

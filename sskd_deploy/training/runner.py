@@ -7,10 +7,10 @@ pseudo-labels, writes files and prints; every rank trains its shard).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from sskd_deploy.config import Config, dump_config
+from sskd_deploy.config.layout import RunLayout
 from sskd_deploy.config.train import STAGES
 from sskd_deploy.io import atomic_write_json, atomic_write_text
 from sskd_deploy.training.context import TrainContext, pick_device
@@ -40,11 +40,12 @@ def parse_stages(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
 def run_training(config: Config, *, data, stages: tuple[str, ...] | None = None, console: Any = None) -> dict:
     """Run ``stages`` (default: ``config.train.stages``) and return the summary dict."""
     rank, world_size, _ = init_from_env()
-    root = Path(config.run.out_dir) / "train"
+    layout = RunLayout.of(config).train
+    root = layout.root
     ctx = TrainContext(config=config, data=data, root=root, device=pick_device(config.train.device),
                        console=console, rank=rank, world_size=world_size)
     if ctx.is_main:
-        atomic_write_text(root / "config.yaml", dump_config(config))
+        atomic_write_text(layout.config_file, dump_config(config))
     records, timings = {}, {}
     try:
         for stage in stages or config.train.stages:
@@ -57,7 +58,7 @@ def run_training(config: Config, *, data, stages: tuple[str, ...] | None = None,
     cleanup()
     summary = {"order": list(records), "stages": records, "wall_seconds": timings}
     if ctx.is_main:
-        atomic_write_json(root / "summary.json", summary, indent=2)
+        atomic_write_json(layout.summary, summary, indent=2)
         if console is not None:
             console.print(summary_table(records, timings))
     return summary

@@ -15,6 +15,7 @@ import zlib
 import torch
 from torch import nn
 
+from sskd_deploy.config.layout import CURVES, EVAL, METRICS
 from sskd_deploy.config.train import StageSchedule
 from sskd_deploy.training.context import TrainContext, mark_complete, read_complete, require_stage
 from sskd_deploy.training.contrastive import PixelContrast
@@ -93,11 +94,11 @@ def _finish(ctx: TrainContext, stage: str, trainee: Trainee, model: nn.Module, r
     if ctx.is_main:
         trainee.save(ctx, stage, model, result.steps)
         tick = time.perf_counter()
-        metrics, values = trainee.evaluate(ctx, model, out / "eval.json")
-        if (out / "metrics.jsonl").is_file():
+        metrics, values = trainee.evaluate(ctx, model, out / EVAL)
+        if (out / METRICS).is_file():
             if values is not None:
-                append_final_eval(out / "metrics.jsonl", result.steps, values, time.perf_counter() - tick)
-            plot_curves(out / "metrics.jsonl", out / "curves.png")
+                append_final_eval(out / METRICS, result.steps, values, time.perf_counter() - tick)
+            plot_curves(out / METRICS, out / CURVES)
         record.update(ap=metrics.ap, ap50=metrics.ap50)
         mark_complete(out, record)
         ctx.log(f"[bold]{stage}[/bold]{trainee.tag}: mask AP {100 * metrics.ap:.1f}, "

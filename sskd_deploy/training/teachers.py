@@ -34,6 +34,7 @@ from sskd_deploy.models.grounded_sam2 import save_grounded_sam2
 from sskd_deploy.models.inference import evaluate_wrapper
 from sskd_deploy.models.teacher import MaskFormerTeacher
 from sskd_deploy.provenance import hash_file
+from sskd_deploy.config.layout import CHECKPOINT
 from sskd_deploy.config.teacher import GROUNDED_SAM2
 from sskd_deploy.training.context import TrainContext
 from sskd_deploy.training.contrastive import PixelContrast
@@ -154,7 +155,7 @@ class MaskFormerTrainee:
     """A MaskFormer of the ``role``'s preset: L_sup is the set criterion, L_pxl acts on the encoder's last
     feature map, and the model is scored through the deploy wrapper (also during the stage)."""
 
-    checkpoint = "model.safetensors"
+    checkpoint = CHECKPOINT
     record: ClassVar[Mapping[str, Any]] = {}
     tag = ""
 

@@ -202,3 +202,37 @@ def test_keep_going_records_a_failing_runner_and_times_the_rest() -> None:
     assert [r["runner"] for r in rows] == ["fine"]
     assert skipped == [{"model": "m", "runner": "broken",
                         "reason": "failed at batch 1: RuntimeError: CUDA error: no kernel image"}]
+
+
+def test_bench_without_an_artifact_argument_takes_the_one_at_export_out_dir(tmp_path, monkeypatch) -> None:
+    """``export.out_dir`` outside the run: bench times the artifact there, not a missing ``<run>/export``."""
+    import json
+
+    pytest.importorskip("torch")
+    from rich.console import Console
+
+    from sskd_deploy.bench import models
+    from sskd_deploy.commands.bench import bench_command
+    from sskd_deploy.config import config_from_dict
+    from sskd_deploy.export.artifact import ARTIFACT_FORMAT
+
+    elsewhere = tmp_path / "artifacts" / "v1"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "manifest.json").write_text(json.dumps({"format": ARTIFACT_FORMAT, "files": {}}))
+    synth = {"seed": 0, "num_train": 4, "num_val": 2, "labeled_fraction": 0.5, "image_size": [64, 96]}
+    config = config_from_dict({"run": {"out_dir": str(tmp_path / "run")}, "export": {"out_dir": str(elsewhere)},
+                               "data": {"root": str(tmp_path / "synth"), "synth": synth},
+                               "bench": {"roofline": False, "pairs": [], "threads": 1, "batches": [1]}})
+    opened = []
+
+    class Opened(Exception):
+        pass
+
+    def artifact_group(path, options):
+        opened.append(path)
+        raise Opened  # timing the stand-in manifest is not the point
+
+    monkeypatch.setattr(models, "artifact_group", artifact_group)
+    with pytest.raises(Opened):
+        bench_command(config, None, console=Console(quiet=True))
+    assert opened == [elsewhere]

@@ -73,3 +73,18 @@ def test_report_defaults_to_the_configs_run_directory(tmp_path: Path, capsys: py
     assert f"reporting on {run} (the config's run.out_dir)" in captured.err
     assert main(["report", "--set", f"run.out_dir={tmp_path / 'absent'}"]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_a_run_directory_names_the_artifact_its_config_put_elsewhere(tmp_path: Path) -> None:
+    """``export.out_dir`` in the run's recorded config is where its artifact is, not ``<run>/export``."""
+    from sskd_deploy.config import config_from_dict, dump_config
+
+    run = _run_dir(tmp_path, export=False)
+    elsewhere = tmp_path / "artifacts" / "v1"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "manifest.json").write_text(json.dumps({"format": ARTIFACT_FORMAT, "files": {}}))
+    config = config_from_dict({"run": {"out_dir": str(run)}, "export": {"out_dir": str(elsewhere)}})
+    (run / "config.yaml").write_text(dump_config(config))
+    with pytest.raises(InputError, match="it looks like a run directory, whose export artifact is") as err:
+        read_manifest(run)
+    assert f"{elsewhere}: pass that instead" in str(err.value)

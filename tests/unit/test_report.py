@@ -240,6 +240,26 @@ def test_without_an_export_the_latest_student_checkpoint_is_drawn(tmp_path: Path
     assert len(re.findall(r"<img\b", html)) == 2  # one best, one worst
 
 
+def test_the_export_is_read_where_the_runs_config_put_it(tmp_path: Path, full_run: Path, synth: Path) -> None:
+    """``export.out_dir`` outside the run: the parity tables, the artifact and the drawn model come from there."""
+    import shutil
+
+    run, elsewhere = tmp_path / "run", tmp_path / "artifacts" / "v1"
+    _manifest(run)
+    tree = {"run": {"out_dir": str(run)}, "data": {"root": str(synth), "synth": SYNTH},
+            "train": {"input_size": list(INPUT_SIZE)}, "export": {"out_dir": str(elsewhere)}}
+    _write(run / "config.yaml", dump_config(config_from_dict(tree)))
+    html = build_report(run, num_overlays=0, log=lambda _: None).read_text()
+    assert f"not available: <code>{elsewhere / 'parity.json'}</code> missing" in html  # named where it belongs
+    assert f"sskd-deploy verify {elsewhere}</code>" in html and "export/parity.json" not in html
+    shutil.copytree(full_run / "export", elsewhere)
+    html = build_report(run, num_overlays=1, log=lambda _: None).read_text()
+    assert "17.50" in _row(html, "onnxruntime-int8") and "student_tiny_python" not in html
+    assert "48.50" not in html and "not available: <code>bench/latency.json</code> missing" in html
+    assert "model_fp32.onnx" in _row(html, "9.00") and "parity.json</code> missing" not in html
+    assert f"Model {elsewhere / 'model_fp32.onnx'} (ONNX Runtime)" in html
+
+
 def test_cli_prints_the_path(full_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "page.html"
     assert main(["report", str(full_run), "--out", str(out), "--num-overlays", "0"]) == 0
