@@ -116,6 +116,24 @@ def test_missing_gpu_provider_warns_and_reports_cpu(exported: dict) -> None:
     assert runner.info.provider == "CPUExecutionProvider" and runner.info.device == "cpu"
 
 
+def test_fp32_graphs_run_without_the_nchwc_rewrite(exported: dict, monkeypatch) -> None:
+    """The FP32 graph is the faithful reference: ORT's NCHWc layout rewrite moved a trained student's
+    mask logits by 0.28 against PyTorch, so FP32 sessions leave it out (FP16/INT8 keep it)."""
+    seen = []
+    real = onnxruntime_runner.ort.InferenceSession
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("disabled_optimizers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime_runner.ort, "InferenceSession", spy)
+    OrtRunner(exported["onnx"], threads=1)
+    onnxruntime_runner.runtime_census(exported["onnx"], threads=1)
+    assert seen == [["NchwcTransformer"], ["NchwcTransformer"]]
+    assert onnxruntime_runner.disabled_optimizers("int8") is None
+    assert onnxruntime_runner.disabled_optimizers("fp16") is None
+
+
 def test_auto_providers_prefer_gpu_when_the_build_offers_it(monkeypatch) -> None:
     assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
     offered = ["CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"]

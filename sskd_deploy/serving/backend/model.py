@@ -49,7 +49,11 @@ def _open_onnxruntime(path, threads, params):
     # ORT worker threads spin while idle; measured on 2 cores, turning it off ("0") made the
     # round trip slower (p50 16.6 vs 14.1 ms), so the default stays on.
     options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
-    session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    # as the local runner does (sskd_deploy.runtime.onnxruntime_runner.FP32_DISABLED_OPTIMIZERS): the
+    # FP32 graph runs without ORT's NCHWc layout rewrite, which moved trained mask logits by up to 0.28
+    disabled = ["NchwcTransformer"] if params.get("precision") == "fp32" else None
+    session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=disabled)
     inputs = [(i.name, tuple(i.shape[1:])) for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
 
