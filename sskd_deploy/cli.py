@@ -109,8 +109,9 @@ def pretrain(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     init: Annotated[Optional[Path], typer.Option(
-        help="Continue a completed pretraining folder: start from its weights, on images it has not seen, "
-             "with a new schedule of --steps (steps and time add up in the provenance).")] = None,
+        help="Continue a completed pretraining folder, or a shipped folder ('shipped': the package's own "
+             "stand-ins): start from its weights, on images it has not seen, with a new schedule of --steps "
+             "(steps and time add up in the provenance).")] = None,
     ship_to: Annotated[Optional[Path], typer.Option(
         "--ship", help="Afterwards, write the FP16 shipped form here (the package's: sskd_deploy/weights/shipped).")] = None,
 ) -> None:
@@ -127,7 +128,7 @@ def pretrain(
     try:
         settings = PretrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                     image_size=_parse_size(image_size), eval_every=eval_every,
-                                    init=str(init.resolve()) if init else None)
+                                    init=_pretrain_init(init))
         console = _console()
         provenance = run_pretrain(out, settings, parts=tuple(part or ("teacher", "student")),
                                   device=pick_device(device), console=console, log=console.print)
@@ -138,6 +139,15 @@ def pretrain(
         raise ConfigError(None, [str(err)]) from None
     for name, record in provenance["parts"].items():
         console.print(f"{name}: {record['steps']} steps, source val mask AP {record['val_ap']:.1f}")
+
+
+def _pretrain_init(init: Optional[Path]) -> str | None:
+    """``--init``: a folder, or the keyword ``shipped`` for the stand-ins that come with the package."""
+    if init is None:
+        return None
+    from sskd_deploy.weights import FOLDER, SHIPPED
+
+    return str(FOLDER if str(init) == SHIPPED else init.resolve())
 
 
 @app.command()

@@ -231,18 +231,38 @@ def _continued_part(init: str, part: str, config: ModelConfig, model: torch.nn.M
     """
     folder = Path(init) / part
     done = read_complete(folder)
-    if done is None:
-        raise ValueError(f"{folder}: --init needs a completed pretraining of part {part!r} (no complete.json)")
-    path = folder / "model.safetensors"
+    if done is not None:
+        path = folder / "model.safetensors"
+        provenance = Path(init) / "provenance.json"
+        commands = json.loads(provenance.read_text()).get("commands", []) if provenance.is_file() else []
+    elif (shipped := _shipped_record(Path(init), part)) is not None:
+        path, done, commands = shipped
+    else:
+        raise ValueError(f"{folder}: --init needs a completed pretraining of part {part!r} (no complete.json), "
+                         f"or a shipped folder whose provenance.json has part {part!r}")
     previous, _ = load_model(path, expect=config)
-    model.load_state_dict(previous.state_dict())
-    provenance = Path(init) / "provenance.json"
-    commands = json.loads(provenance.read_text()).get("commands", []) if provenance.is_file() else []
+    model.load_state_dict({k: v.float() for k, v in previous.state_dict().items()})
     return {"path": str(path.resolve()), "commands": commands, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "images_seen": done.get("images_seen", done["steps"] * done["batch_size"]),
             "total_steps": done.get("total_steps", done["steps"]),
             "total_train_seconds": done.get("total_train_seconds", done["train_seconds"]),
             "val_ap": done.get("val_ap"), "val_ap50": done.get("val_ap50")}
+
+
+def _shipped_record(folder: Path, part: str) -> tuple[Path, dict, list[str]] | None:
+    """``(checkpoint, record, commands)`` of ``part`` in a shipped folder (what ``ship`` wrote), else None.
+
+    Continuing the shipped stand-ins starts from their FP16 weights, cast back to float32.
+    """
+    provenance = folder / "provenance.json"
+    if not ((folder / SHIPPED_TEACHER).is_file() or (folder / SHIPPED_STUDENT).is_file()) or not provenance.is_file():
+        return None
+    data = json.loads(provenance.read_text())
+    record = data.get("parts", {}).get(part)
+    path = folder / (SHIPPED_TEACHER if part == "teacher" else SHIPPED_STUDENT)
+    if record is None or not path.is_file():
+        return None
+    return path, record, _all_commands(data)
 
 
 def _chain_totals(before: dict | None, images: int, steps: int, seconds: float) -> dict:
@@ -321,11 +341,28 @@ def ship(out: Path, dest: Path) -> dict:
     the provenance, a README generated from it, and ``SHA256SUMS`` over every file.
     """
     missing = [part for part in PARTS if read_complete(out / part) is None]
-    if missing:
-        raise ValueError(f"{out}: pretraining of {missing} is not complete; run `sskd-deploy pretrain` first")
+    kept = {part: _shipped_record(dest, part) for part in missing}
+    if not_kept := [part for part, found in kept.items() if found is None]:
+        raise ValueError(f"{out}: pretraining of {not_kept} is not complete (and {dest} ships no such part to keep); "
+                         "run `sskd-deploy pretrain` first")
     provenance = json.loads((out / "provenance.json").read_text())
+    if kept:  # a part pretrained elsewhere keeps its shipped files and record
+        previous = json.loads((dest / "provenance.json").read_text())
+        provenance["parts"] = {p: provenance["parts"].get(p) or previous["parts"][p] for p in PARTS}
+        provenance["commands"] = list(dict.fromkeys([*_all_commands(previous), *provenance.get("commands", [])]))
+        provenance["kept_from_previous_ship"] = sorted(kept)
     with atomic_directory(dest, overwrite=True) as tmp:
+        for part in kept:
+            for name in (SHIPPED_TEACHER,) if part == "teacher" else (SHIPPED_STUDENT, SHIPPED_ENCODER):
+                source = dest / name
+                for file in ([source] if source.is_file() else sorted(source.rglob("*"))):
+                    if file.is_file():
+                        target = tmp / file.relative_to(dest)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(file.read_bytes())
         for part, name in (("teacher", SHIPPED_TEACHER), ("student", SHIPPED_STUDENT)):
+            if part in kept:
+                continue
             model, checkpoint = load_model(out / part / "model.safetensors")
             if part == "student":
                 save_encoder_as_dinov2(model.encoder, tmp / SHIPPED_ENCODER, dtype=torch.float16)

@@ -156,6 +156,25 @@ def test_pretrain_writes_resumable_parts_provenance_and_the_shipped_form(tmp_pat
     assert tuple(whole.spec.class_names) == SOURCE_CLASSES
     assert torch.equal(whole.state_dict["encoder.backbone.embeddings.cls_token"].float(),
                        student.encoder.backbone.embeddings.cls_token.float())
+    # continue one shipped part (--init shipped) and ship it again: the other part is kept as it was
+    kept = {name: (dest / name).read_bytes() for name in ("student-tiny.safetensors",
+                                                          "student-tiny-encoder/model.safetensors")}
+    third = pretrain(tmp_path / "more3", dataclasses.replace(settings, init=str(dest)), parts=("teacher",),
+                     device=torch.device("cpu"))
+    before = third["parts"]["teacher"]["continued_from"]
+    assert before["path"] == str((dest / "teacher-tiny.safetensors").resolve())
+    assert (third["parts"]["teacher"]["total_steps"], before["total_steps"]) == (6, 4)
+    with pytest.raises(ValueError, match=r"\['student'\] is not complete"):
+        ship(tmp_path / "more3", tmp_path / "fresh")
+    old_teacher = (dest / "teacher-tiny.safetensors").read_bytes()
+    shipped = ship(tmp_path / "more3", dest)
+    assert shipped["kept_from_previous_ship"] == ["student"]
+    assert {name: (dest / name).read_bytes() for name in kept} == kept
+    assert (dest / "teacher-tiny.safetensors").read_bytes() != old_teacher
+    assert "4 steps, then 2 x 1 (6 in all)" in (dest / "README.md").read_text()
+    for line in (dest / CHECKSUMS).read_text().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest
 
 
 def test_shipped_weights_match_their_checksums_and_load() -> None:
@@ -194,3 +213,11 @@ def test_shipped_is_the_default_and_only_for_the_tiny_presets() -> None:
         TrainConfig(teacher_weights="shipped-whole")
     TrainConfig(student="student-s", student_weights=None)
     TrainConfig(teacher="grounded-sam2")  # its weights come from train.grounded_sam2
+
+
+def test_pretrain_init_keyword_names_the_package_stand_ins(tmp_path: Path) -> None:
+    from sskd_deploy.cli import _pretrain_init
+
+    assert _pretrain_init(None) is None
+    assert _pretrain_init(Path("shipped")) == str(FOLDER)
+    assert _pretrain_init(tmp_path / "run") == str((tmp_path / "run").resolve())
