@@ -16,10 +16,12 @@ from sskd_deploy.report.runfiles import RunFiles, mapping
 DEFAULT_STAGES = ("teacher_1a", "teacher_1b", "student_2", "student_3", "supervised")
 
 # (paper row, the stage of ours that trains the same thing or None, Cityscapes (AP, AP50), ADE20K (AP, AP50))
-PAPER_ROWS: tuple[tuple[str, str | None, tuple[float, float], tuple[float, float]], ...] = (
+PAPER_ROWS: tuple[tuple[str, str | None, tuple[float | None, float | None], tuple[float | None, float | None]],
+                  ...] = (
     ("zero-shot teacher (568M)", None, (22.0, 42.3), (8.1, 18.2)),
     ("teacher, supervised fine-tune", "teacher_1a", (28.7, 53.4), (14.2, 23.5)),
     ("teacher, adapted (stage 1)", "teacher_1b", (30.5, 56.6), (15.2, 24.5)),
+    ("student, zero-shot (pretrained whole; not in the paper)", None, (None, None), (None, None)),
     ("student, supervised only", "supervised", (21.1, 38.7), (13.9, 24.2)),
     ("student, Guided Distillation", None, (30.8, 52.9), (14.2, 23.8)),
     ("student after stage 2", "student_2", (32.2, 56.5), (16.1, 27.4)),
@@ -50,6 +52,11 @@ def _paper_table(stages: dict[str, Any]) -> Markup:
             # the Grounded-SAM2 teacher's starting weights, evaluated before stage 1a trains
             ours = {"ap": first["zero_shot_ap"], "ap50": first.get("zero_shot_ap50")}
             where = "teacher_1a, before training"
+        elif label.startswith("student, zero-shot"):
+            if stages.get("supervised", {}).get("zero_shot_ap") is None:
+                continue  # the student started from an encoder or random weights: no such row
+            ours = {"ap": stages["supervised"]["zero_shot_ap"], "ap50": stages["supervised"].get("zero_shot_ap50")}
+            where = "supervised, before training"
         rows.append([label, where, fmt(ours.get("ap"), 2, scale=100), fmt(ours.get("ap50"), 2, scale=100),
                      fmt(city[0]), fmt(city[1]), fmt(ade[0]), fmt(ade[1])])
     headers = ["paper row", "our stage", "ours AP", "ours AP50", "Cityscapes AP", "Cityscapes AP50",

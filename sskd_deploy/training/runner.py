@@ -75,6 +75,11 @@ def summary_table(records: dict[str, dict], timings: dict[str, float]):
         ap50 = records["teacher_1a"].get("zero_shot_ap50")
         table.add_row("teacher, zero-shot (foundation model)", f"{100 * zero_shot:.1f}",
                       "-" if ap50 is None else f"{100 * ap50:.1f}", "0", "")
+    student = records.get("supervised", {})
+    if student.get("zero_shot_ap") is not None:  # theta_S0 when it is a whole pretrained student
+        ap50 = student.get("zero_shot_ap50")
+        table.add_row("student, zero-shot (pretrained whole)", f"{100 * student['zero_shot_ap']:.1f}",
+                      "-" if ap50 is None else f"{100 * ap50:.1f}", "0", "")
     for stage, label in SUMMARY_ROWS:
         record = records.get(stage)
         if record is None:

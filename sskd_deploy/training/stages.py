@@ -164,12 +164,14 @@ def student_3(ctx: TrainContext) -> dict:
 
 
 def supervised(ctx: TrainContext) -> dict:
-    """The baseline: the student from theta_S0 on the labeled set only, L_sup, stage 2 + 3's length."""
+    """The baseline: the student from theta_S0 on the labeled set only, L_sup, stage 2 + 3's length
+    (theta_S0 first scored zero-shot when it is a whole pretrained student)."""
     if (record := _done(ctx, "supervised")) is not None:
         return record
     model = ctx.load(ctx.initial_weights("student"), "student")
+    extra = STUDENT.zero_shot_in(ctx, model, "supervised")  # a whole pretrained student's starting point
     return fit(ctx, "supervised", STUDENT, model, ctx.samples(ctx.data.labeled, 51, strong=False),
-               ctx.train.supervised_schedule(), semi=False, pxl=False)
+               ctx.train.supervised_schedule(), semi=False, pxl=False, extra_record=extra)
 
 
 RECIPES = {"teacher_1a": teacher_1a, "teacher_1b": teacher_1b, "student_2": student_2, "student_3": student_3,

@@ -193,6 +193,23 @@ class MaskFormerTrainee:
         atomic_write_json(path, metrics.to_dict(), indent=2)
         return metrics, values
 
+    def zero_shot_in(self, ctx: TrainContext, model: nn.Module, stage: str) -> dict[str, Any]:
+        """Score a whole pretrained starting model (``model``, sliced to the data's names) on val before
+        ``stage`` trains it, once (``<stage>/zero_shot_eval.json``); the completion record's zero-shot
+        fields, ``{}`` when the role starts from random weights or an encoder alone."""
+        source = ctx.whole_model(self.role)
+        if source is None:
+            return {}
+        path = ctx.stage_dir(stage) / ZERO_SHOT
+        if ctx.is_main and not path.is_file():
+            _, metrics = validation_metrics(ctx, model.eval(), self.role)
+            model.train()
+            atomic_write_json(path, {**metrics.to_dict(), "weights": str(source),
+                                     "classes": list(ctx.class_names)}, indent=2)
+            ctx.log(f"{self.role} zero-shot by name on val: mask AP {100 * metrics.ap:.1f}, "
+                    f"AP50 {100 * metrics.ap50:.1f}")
+        return zero_shot_fields(path)
+
 
 class MaskFormerStageTeacher(MaskFormerTrainee):
     """The same-family teacher (``teacher-tiny``, ``teacher-l``): theta_T0 from
@@ -206,18 +223,7 @@ class MaskFormerStageTeacher(MaskFormerTrainee):
         return ctx.load(ctx.initial_weights("teacher"), "teacher")
 
     def zero_shot(self, ctx: TrainContext, model: nn.Module) -> dict[str, Any]:
-        source = ctx.whole_model("teacher")
-        if source is None:  # a fresh model (or pretrained encoder only): nothing to score zero-shot
-            return {}
-        path = ctx.stage_dir("teacher_1a") / ZERO_SHOT
-        if ctx.is_main and not path.is_file():
-            _, metrics = validation_metrics(ctx, model.eval(), "teacher")
-            model.train()
-            atomic_write_json(path, {**metrics.to_dict(), "weights": str(source),
-                                     "classes": list(ctx.class_names)}, indent=2)
-            ctx.log(f"teacher zero-shot by name on val: mask AP {100 * metrics.ap:.1f}, "
-                    f"AP50 {100 * metrics.ap50:.1f}")
-        return zero_shot_fields(path)
+        return self.zero_shot_in(ctx, model, "teacher_1a")
 
     def labeler(self, ctx: TrainContext, checkpoint: Path) -> tuple[MaskFormerTeacher, dict[str, Any]]:
         teacher = MaskFormerTeacher(model=ctx.load(checkpoint, "teacher").eval(), criterion=ctx.criterion())

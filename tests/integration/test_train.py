@@ -85,6 +85,11 @@ def test_all_stages_write_their_outputs(trained) -> None:
     first = json.loads((run / "train" / "teacher_1a" / "complete.json").read_text())
     assert zero_shot["classes"] == ["disc", "box", "triangle", "star", "ring", "cross"]
     assert first["zero_shot_ap"] == pytest.approx(zero_shot["ap"])
+    # so is the whole shipped student before the supervised baseline trains it (its starting point)
+    student = json.loads((run / "train" / "supervised" / "zero_shot_eval.json").read_text())
+    baseline = json.loads((run / "train" / "supervised" / "complete.json").read_text())
+    assert student["weights"].endswith("student-tiny.safetensors")
+    assert baseline["zero_shot_ap"] == pytest.approx(student["ap"])
 
 
 @pytest.mark.slow

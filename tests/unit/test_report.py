@@ -292,3 +292,8 @@ def test_paper_table_shows_the_zero_shot_teacher_row() -> None:
                                                       "zero_shot_ap50": 0.25}}))
     assert "teacher_1a, before training" in with_zero_shot and "12.34" in with_zero_shot
     assert "before training" not in str(_paper_table({"teacher_1a": {"ap": 0.3, "ap50": 0.5}}))
+    # a whole pretrained student's starting point gets its own row (the paper has none: its student starts
+    # from an encoder), only when the run measured it
+    student = str(_paper_table({"supervised": {"ap": 0.3, "zero_shot_ap": 0.2468, "zero_shot_ap50": 0.4}}))
+    assert "supervised, before training" in student and "24.68" in student
+    assert "student, zero-shot" not in str(_paper_table({"supervised": {"ap": 0.3}}))
