@@ -4,6 +4,11 @@
 # Both also create .venv/triton-env, the Triton server's own environment (see serving-env.txt).
 # Every install goes through constraints.txt so torch stays the local CPU build (2.13.0).
 
+# The two environments are independent: install them side by side (two jobs unless -j is given).
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j2
+endif
+
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
-$(TRITON_STAMP): serving-env.txt $(STAMP)
+$(TRITON_STAMP): serving-env.txt
 	test -x $(TRITON_ENV)/bin/python || $(PYTHON) -m venv $(TRITON_ENV)
 	$(TRITON_ENV)/bin/python -m pip install --quiet -r serving-env.txt
 	touch $@
