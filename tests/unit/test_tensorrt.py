@@ -222,7 +222,11 @@ def test_half_precision_deploy_keeps_edges_and_norms_in_fp32() -> None:
     assert islands and all(p.dtype == torch.float32 for m in islands for p in m.parameters())
     assert {p.dtype for n, p in half.network.named_parameters() if ".module." not in n} == {torch.float16}
     images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    # ATen's own CPU kernels, not oneDNN's: on a CPU with AVX512-FP16 (this project's Intel machines) oneDNN's
+    # FP16 convolutions moved this random model's mask logits by up to 4.3 (scores by 0.29), against 0.04
+    # with ATen's kernels on the same machine and on AMD ones. This test is about which modules stay FP32 and
+    # what the outputs look like; how accurate a target's FP16 kernels are is the parity gate's job, there.
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         want, got = wrapper(images), half(images)
         logits = wrapper.model(wrapper.model.normalize(images))["pred_logits"]
     assert [t.dtype for t in got] == [torch.float32, torch.int64, torch.float32]  # the IOSpec dtypes
