@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +64,7 @@ ENCODER_DIR = "encoder"  # the student's Dinov2Model directory inside its part f
 SHIPPED_TEACHER = "teacher-tiny.safetensors"
 SHIPPED_ENCODER = "student-tiny-encoder"
 SHIPPED_STUDENT = "student-tiny.safetensors"
+SHIPPED = {"teacher": SHIPPED_TEACHER, "student": SHIPPED_STUDENT}  # each part's whole checkpoint when shipped
 _SALT = {"teacher": 1, "student": 2}  # each part sees its own augmentation and data order
 
 
@@ -255,14 +257,12 @@ def _shipped_record(folder: Path, part: str) -> tuple[Path, dict, list[str]] | N
     Continuing the shipped stand-ins starts from their FP16 weights, cast back to float32.
     """
     provenance = folder / "provenance.json"
-    if not ((folder / SHIPPED_TEACHER).is_file() or (folder / SHIPPED_STUDENT).is_file()) or not provenance.is_file():
+    path = folder / SHIPPED[part]
+    if not (path.is_file() and provenance.is_file()):
         return None
     data = json.loads(provenance.read_text())
     record = data.get("parts", {}).get(part)
-    path = folder / (SHIPPED_TEACHER if part == "teacher" else SHIPPED_STUDENT)
-    if record is None or not path.is_file():
-        return None
-    return path, record, _all_commands(data)
+    return None if record is None else (path, record, _all_commands(data))
 
 
 def _chain_totals(before: dict | None, images: int, steps: int, seconds: float) -> dict:
@@ -353,14 +353,10 @@ def ship(out: Path, dest: Path) -> dict:
         provenance["kept_from_previous_ship"] = sorted(kept)
     with atomic_directory(dest, overwrite=True) as tmp:
         for part in kept:
-            for name in (SHIPPED_TEACHER,) if part == "teacher" else (SHIPPED_STUDENT, SHIPPED_ENCODER):
-                source = dest / name
-                for file in ([source] if source.is_file() else sorted(source.rglob("*"))):
-                    if file.is_file():
-                        target = tmp / file.relative_to(dest)
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(file.read_bytes())
-        for part, name in (("teacher", SHIPPED_TEACHER), ("student", SHIPPED_STUDENT)):
+            shutil.copyfile(dest / SHIPPED[part], tmp / SHIPPED[part])
+            if part == "student":
+                shutil.copytree(dest / SHIPPED_ENCODER, tmp / SHIPPED_ENCODER)
+        for part, name in SHIPPED.items():
             if part in kept:
                 continue
             model, checkpoint = load_model(out / part / "model.safetensors")

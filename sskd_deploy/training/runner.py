@@ -70,16 +70,15 @@ def summary_table(records: dict[str, dict], timings: dict[str, float]):
     table = Table(title="SSKD training summary (mask AP on the val split, through the deploy wrapper)")
     for column in ("model", "AP", "AP50", "steps", "wall s"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    zero_shot = records.get("teacher_1a", {}).get("zero_shot_ap")
-    if zero_shot is not None:  # the Grounded-SAM2 teacher before adaptation (the paper's zero-shot VFM row)
-        ap50 = records["teacher_1a"].get("zero_shot_ap50")
-        table.add_row("teacher, zero-shot (foundation model)", f"{100 * zero_shot:.1f}",
-                      "-" if ap50 is None else f"{100 * ap50:.1f}", "0", "")
-    student = records.get("supervised", {})
-    if student.get("zero_shot_ap") is not None:  # theta_S0 when it is a whole pretrained student
-        ap50 = student.get("zero_shot_ap50")
-        table.add_row("student, zero-shot (pretrained whole)", f"{100 * student['zero_shot_ap']:.1f}",
-                      "-" if ap50 is None else f"{100 * ap50:.1f}", "0", "")
+    # the starting weights scored before training: the teacher (the paper's zero-shot VFM row) before 1a,
+    # a whole pretrained student before the supervised baseline
+    for stage, label in (("teacher_1a", "teacher, zero-shot (foundation model)"),
+                         ("supervised", "student, zero-shot (pretrained whole)")):
+        record = records.get(stage, {})
+        if record.get("zero_shot_ap") is not None:
+            ap50 = record.get("zero_shot_ap50")
+            table.add_row(label, f"{100 * record['zero_shot_ap']:.1f}", "-" if ap50 is None else f"{100 * ap50:.1f}",
+                          "0", "")
     for stage, label in SUMMARY_ROWS:
         record = records.get(stage)
         if record is None:
