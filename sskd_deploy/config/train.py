@@ -66,6 +66,10 @@ class PseudoLabelSection(Section):
     max_instances: int = Field(50, ge=1)
     resolve_overlaps: bool = True
     batch_size: int = Field(8, ge=1)
+    # What stage 1b and stage 2 train on for the unlabeled images: the teacher's pseudo-labels (the method),
+    # or their withheld ground truth (`truth`: a diagnostic, the ceiling a perfect teacher would give at this
+    # budget; only the synthetic world keeps those labels).
+    source: Literal["teacher", "truth"] = "teacher"
 
 
 class AugmentConfig(Section):

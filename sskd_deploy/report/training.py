@@ -87,6 +87,16 @@ def _caveat(synthetic: bool) -> Markup:
     return para(text, class_="warn")
 
 
+def _truth_note(order: list[str], stages: dict[str, Any]) -> Markup | None:
+    """A warning naming the stages that trained on the withheld truth (train.pseudo.source: truth), if any."""
+    truth = [name for name in order if stages.get(name, {}).get("pseudo_labels") == "truth"]
+    if not truth:
+        return None
+    return para(f"{', '.join(truth)} trained on the withheld ground truth of the unlabeled images in place of a "
+                "teacher's pseudo-labels (train.pseudo.source: truth): a diagnostic of the ceiling at this budget, "
+                "not a result of the method.", class_="warn")
+
+
 def _stage_order(summary: dict[str, Any], stages: dict[str, Any]) -> list[str]:
     listed = [s for s in summary.get("order") or [] if isinstance(s, str)]
     return listed + [s for s in stages if s not in listed]
@@ -103,6 +113,8 @@ def training_section(*, run: RunFiles, synthetic: bool) -> Section:
         stages = mapping(summary, "stages", where=run.layout.train_summary)
         stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
         order = _stage_order(summary, stages)
+        if (note := _truth_note(order, stages)) is not None:
+            parts.append(note)
         parts += [tag("h3", "Per stage"), _stage_table(order, stages), tag("h3", "Against the paper"),
                   _paper_table(stages), _ordering(stages)]
     parts += [tag("h3", "Training curves"), *curve_parts(run, order)]

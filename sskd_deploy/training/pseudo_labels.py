@@ -270,10 +270,10 @@ def _load_store(path: Path, key: str, unlabeled: Dataset) -> tuple[Dataset, dict
     except (KeyError, TypeError, ValueError):
         return None
     records = tuple(replace(r, annotations=tuple(grouped[r.image_id])) for r in unlabeled.records)
-    return _pseudo_dataset(unlabeled, records, path), manifest["stats"]
+    return pseudo_dataset(unlabeled, records, path), manifest["stats"]
 
 
-def _pseudo_dataset(unlabeled: Dataset, records: tuple[ImageRecord, ...], path: Path) -> Dataset:
+def pseudo_dataset(unlabeled: Dataset, records: tuple[ImageRecord, ...], path: Path) -> Dataset:
     return Dataset(f"{unlabeled.name}-pseudo", unlabeled.categories, records, path / LABELS_FILE,
                    unlabeled.image_root, {"format": "coco", "pseudo_labels": path.name})
 
@@ -327,7 +327,7 @@ def build_pseudo_labels(
         with _progress_bar(console, len(unlabeled.records), progress) as report:
             records = label_records(teacher, unlabeled.records, input_size=tuple(input_size), cfg=cfg,
                                     device=device, progress=report)
-        dataset = _pseudo_dataset(unlabeled, tuple(records), path)
+        dataset = pseudo_dataset(unlabeled, tuple(records), path)
         stats = store_stats(dataset)
         write_coco(dataset, scratch / LABELS_FILE)
         seconds = time.perf_counter() - start

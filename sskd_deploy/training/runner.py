@@ -84,6 +84,8 @@ def summary_table(records: dict[str, dict], timings: dict[str, float]):
         if record is None:
             continue
         ap, ap50 = record.get("ap"), record.get("ap50")
+        if record.get("pseudo_labels") == "truth":
+            label += " (truth as pseudo-labels)"
         table.add_row(label, "-" if ap is None else f"{100 * ap:.1f}", "-" if ap50 is None else f"{100 * ap50:.1f}",
                       str(record.get("steps", "")), str(timings.get(stage, "")))
     return table

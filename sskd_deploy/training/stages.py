@@ -17,13 +17,14 @@ from torch import nn
 
 from sskd_deploy.config.layout import CURVES, EVAL, METRICS
 from sskd_deploy.config.train import StageSchedule
+from sskd_deploy.errors import SSKDError
 from sskd_deploy.training.context import TrainContext, mark_complete, read_complete, require_stage
 from sskd_deploy.training.contrastive import PixelContrast
 from sskd_deploy.training.data import collate_samples
 from sskd_deploy.training.logging import append_final_eval, plot_curves
 from sskd_deploy.training.loop import LoopConfig, train_loop
 from sskd_deploy.training.objective import ObjectiveWeights, unwrap
-from sskd_deploy.training.pseudo import pseudo_label
+from sskd_deploy.training.pseudo import TRUTH, stage_pseudo_labels
 from sskd_deploy.training.teachers import MaskFormerTrainee, StageTeacher, Trainee, make_teacher
 
 STUDENT = MaskFormerTrainee("student")
@@ -115,9 +116,28 @@ def _pxl_on(ctx: TrainContext) -> bool:
     return ctx.train.lambda_pxl > 0
 
 
+def _pseudo_record(store) -> dict:
+    """Marks a stage that trained on the withheld truth instead of pseudo-labels (tables label it)."""
+    return {"pseudo_labels": TRUTH} if store.key == TRUTH else {}
+
+
+# the stages whose weights depend on what the unlabeled images were labeled with (stage 3 through stage 2)
+_PSEUDO_FED = {"teacher_1b": "teacher_1b", "student_2": "student_2", "student_3": "student_2"}
+
+
+def _check_pseudo_source(ctx: TrainContext, stage: str, record: dict) -> None:
+    """A finished stage trained on the other pseudo-label source is never reused (or built on) silently."""
+    was = record.get("pseudo_labels", "teacher")
+    if stage in _PSEUDO_FED and was != ctx.train.pseudo.source:
+        raise SSKDError(f"{ctx.stage_dir(stage)} was trained with train.pseudo.source: {was}, but this run "
+                        f"sets {ctx.train.pseudo.source}: use another run.out_dir, or delete that stage's "
+                        "directory to retrain it")
+
+
 def _done(ctx: TrainContext, stage: str) -> dict | None:
     record = read_complete(ctx.stage_dir(stage))
     if record is not None:
+        _check_pseudo_source(ctx, stage, record)
         ctx.log(f"{stage}: complete, skipped (AP {100 * record.get('ap', float('nan')):.1f})")
     return record
 
@@ -138,20 +158,20 @@ def teacher_1b(ctx: TrainContext) -> dict:
     if (record := _done(ctx, "teacher_1b")) is not None:
         return record
     teacher = _teacher(ctx)
-    store = pseudo_label(ctx, teacher, require_stage(ctx, "teacher_1a", "teacher_1b"))
+    store = stage_pseudo_labels(ctx, teacher, "teacher_1a", "teacher_1b")
     model = teacher.initial(ctx)
     return fit(ctx, "teacher_1b", teacher, model, ctx.paired(store.dataset, 21, strong=_pxl_on(ctx)),
-               ctx.train.teacher_1b, semi=True, pxl=True)
+               ctx.train.teacher_1b, semi=True, pxl=True, extra_record=_pseudo_record(store))
 
 
 def student_2(ctx: TrainContext) -> dict:
     """Frozen theta_T'' pseudo-labels D_u offline; the student trains from theta_S0 with the full J."""
     if (record := _done(ctx, "student_2")) is not None:
         return record
-    store = pseudo_label(ctx, _teacher(ctx), require_stage(ctx, "teacher_1b", "student_2"))
+    store = stage_pseudo_labels(ctx, _teacher(ctx), "teacher_1b", "student_2")
     model = ctx.load(ctx.initial_weights("student"), "student")
     return fit(ctx, "student_2", STUDENT, model, ctx.paired(store.dataset, 31, strong=_pxl_on(ctx)),
-               ctx.train.student_2, semi=True, pxl=True)
+               ctx.train.student_2, semi=True, pxl=True, extra_record=_pseudo_record(store))
 
 
 def student_3(ctx: TrainContext) -> dict:
@@ -159,8 +179,11 @@ def student_3(ctx: TrainContext) -> dict:
     if (record := _done(ctx, "student_3")) is not None:
         return record
     model = ctx.load(require_stage(ctx, "student_2", "student_3"), "student")
+    before = read_complete(ctx.stage_dir("student_2"))
+    _check_pseudo_source(ctx, "student_2", before)
+    inherited = {"pseudo_labels": TRUTH} if before.get("pseudo_labels") == TRUTH else {}
     return fit(ctx, "student_3", STUDENT, model, ctx.samples(ctx.data.labeled, 41, strong=False),
-               ctx.train.student_3, semi=False, pxl=False)
+               ctx.train.student_3, semi=False, pxl=False, extra_record=inherited)
 
 
 def supervised(ctx: TrainContext) -> dict:

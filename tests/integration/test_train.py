@@ -113,6 +113,35 @@ def test_missing_prerequisite_and_unknown_stage(tmp_path: Path, capsys) -> None:
     assert "student_9" in capsys.readouterr().err
 
 
+def test_truth_as_pseudo_labels_is_the_ceiling_check(tmp_path: Path, capsys) -> None:
+    """train.pseudo.source: truth trains stage 2 on the unlabeled images' withheld labels, with no teacher
+    stage needed; the store scores a perfect mask AP against those labels and the stage is marked."""
+    config = _write_config(tmp_path, TINY_TRAIN, out=tmp_path / "run", root=tmp_path / "synth")
+    assert main(["train", "--config", str(config), "--stages", "student_2",
+                 "--set", "train.pseudo.source=truth"]) == 0
+    out = capsys.readouterr().out
+    out = " ".join(out.split())
+    assert "withheld ground truth" in out and "(truth as pseudo-labels)" in out
+    train = tmp_path / "run" / "train"
+    assert not (train / "teacher_1b").exists()
+    store = train / "pseudo" / "truth"
+    quality = json.loads((store / "quality.json").read_text())
+    assert quality["ap"] == pytest.approx(1.0)
+    labels = json.loads((store / "pseudo_labels.json").read_text())
+    truth = json.loads((tmp_path / "synth" / "annotations" / "train_unlabeled.json").read_text())
+    assert len(labels["images"]) == len(truth["images"]) == 7 and len(labels["annotations"]) > 0
+    record = json.loads((train / "student_2" / "complete.json").read_text())
+    assert record["pseudo_labels"] == "truth"
+    # stage 3 built on it carries the mark; the other source never reuses or builds on these stages
+    assert main(["train", "--config", str(config), "--stages", "student_3",
+                 "--set", "train.pseudo.source=truth"]) == 0
+    assert json.loads((train / "student_3" / "complete.json").read_text())["pseudo_labels"] == "truth"
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--stages", "student_2,student_3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "student_2 was trained with train.pseudo.source: truth" in err
+
+
 def _coco_user_data(root: Path) -> None:
     """A labeled and a val COCO file with category ids 5/9/17, RGB, grayscale and RGBA images of
     odd sizes, and a folder of unlabeled images."""
@@ -161,6 +190,15 @@ def test_class_names_outside_the_shipped_teachers_vocabulary_are_refused(tmp_pat
     err = capsys.readouterr().err
     assert "teacher-tiny.safetensors" in err and "'bolt'" in err and "hexagon" in err and "teacher_weights: null" in err
     assert not (tmp_path / "run" / "train" / "teacher_1a" / "complete.json").exists()
+
+
+def test_truth_as_pseudo_labels_needs_withheld_labels(tmp_path: Path, capsys) -> None:
+    config = _user_config(tmp_path, "  input_size: [64, 96]\n  teacher_weights: null\n  device: cpu\n"
+                                    "  pseudo: {source: truth}\n")
+    assert main(["train", "--config", str(config), "--stages", "student_2"]) == 2
+    err = capsys.readouterr().err
+    assert "train.pseudo.source: truth" in err and "unlabeled" in err
+    assert not (tmp_path / "run" / "train" / "student_2" / "complete.json").exists()
 
 
 def test_user_coco_data_sizes_the_heads(tmp_path: Path) -> None:

@@ -297,3 +297,12 @@ def test_paper_table_shows_the_zero_shot_teacher_row() -> None:
     student = str(_paper_table({"supervised": {"ap": 0.3, "zero_shot_ap": 0.2468, "zero_shot_ap50": 0.4}}))
     assert "supervised, before training" in student and "24.68" in student
     assert "student, zero-shot" not in str(_paper_table({"supervised": {"ap": 0.3}}))
+
+
+def test_stages_trained_on_the_withheld_truth_are_flagged() -> None:
+    from sskd_deploy.report.training import _truth_note
+
+    stages = {"student_2": {"ap": 0.3, "pseudo_labels": "truth"}, "student_3": {"ap": 0.31}}
+    note = str(_truth_note(["student_2", "student_3"], stages))
+    assert "student_2 trained on the withheld ground truth" in note and "student_3" not in note
+    assert _truth_note(["student_2"], {"student_2": {"ap": 0.3}}) is None
