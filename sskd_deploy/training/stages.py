@@ -116,13 +116,14 @@ def _pxl_on(ctx: TrainContext) -> bool:
     return ctx.train.lambda_pxl > 0
 
 
-def _pseudo_record(store) -> dict:
-    """Marks a stage that trained on the withheld truth instead of pseudo-labels (tables label it)."""
-    return {"pseudo_labels": TRUTH} if store.key == TRUTH else {}
+def _pseudo_mark(source: str | None) -> dict:
+    """The record entry of a stage that trained (or built on one that trained) on the withheld truth
+    instead of pseudo-labels; tables label it. ``source``: a store's key or an earlier stage's mark."""
+    return {"pseudo_labels": TRUTH} if source == TRUTH else {}
 
 
 # the stages whose weights depend on what the unlabeled images were labeled with (stage 3 through stage 2)
-_PSEUDO_FED = {"teacher_1b": "teacher_1b", "student_2": "student_2", "student_3": "student_2"}
+_PSEUDO_FED = frozenset({"teacher_1b", "student_2", "student_3"})
 
 
 def _check_pseudo_source(ctx: TrainContext, stage: str, record: dict) -> None:
@@ -161,7 +162,7 @@ def teacher_1b(ctx: TrainContext) -> dict:
     store = stage_pseudo_labels(ctx, teacher, "teacher_1a", "teacher_1b")
     model = teacher.initial(ctx)
     return fit(ctx, "teacher_1b", teacher, model, ctx.paired(store.dataset, 21, strong=_pxl_on(ctx)),
-               ctx.train.teacher_1b, semi=True, pxl=True, extra_record=_pseudo_record(store))
+               ctx.train.teacher_1b, semi=True, pxl=True, extra_record=_pseudo_mark(store.key))
 
 
 def student_2(ctx: TrainContext) -> dict:
@@ -171,7 +172,7 @@ def student_2(ctx: TrainContext) -> dict:
     store = stage_pseudo_labels(ctx, _teacher(ctx), "teacher_1b", "student_2")
     model = ctx.load(ctx.initial_weights("student"), "student")
     return fit(ctx, "student_2", STUDENT, model, ctx.paired(store.dataset, 31, strong=_pxl_on(ctx)),
-               ctx.train.student_2, semi=True, pxl=True, extra_record=_pseudo_record(store))
+               ctx.train.student_2, semi=True, pxl=True, extra_record=_pseudo_mark(store.key))
 
 
 def student_3(ctx: TrainContext) -> dict:
@@ -181,9 +182,8 @@ def student_3(ctx: TrainContext) -> dict:
     model = ctx.load(require_stage(ctx, "student_2", "student_3"), "student")
     before = read_complete(ctx.stage_dir("student_2"))
     _check_pseudo_source(ctx, "student_2", before)
-    inherited = {"pseudo_labels": TRUTH} if before.get("pseudo_labels") == TRUTH else {}
     return fit(ctx, "student_3", STUDENT, model, ctx.samples(ctx.data.labeled, 41, strong=False),
-               ctx.train.student_3, semi=False, pxl=False, extra_record=inherited)
+               ctx.train.student_3, semi=False, pxl=False, extra_record=_pseudo_mark(before.get("pseudo_labels")))
 
 
 def supervised(ctx: TrainContext) -> dict:
